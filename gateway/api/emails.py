@@ -1,0 +1,100 @@
+"""``/api/v1/emails``: find stored copies by Message-ID, read one, fetch its raw bytes."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from email import policy
+from email.parser import BytesParser
+
+from aiohttp import web
+
+from gateway.api.errors import api_error
+from gateway.intake import header_block
+from gateway.model import EmailRecord
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _headers(raw: bytes) -> list[tuple[str, str]]:
+    """Decoded header fields, in order; for people reading the API, not for decisions."""
+    parsed = BytesParser(policy=policy.default).parsebytes(header_block(raw) + b"\r\n\r\n",
+                                                          headersonly=True)
+    fields = []
+    for name, value in parsed.raw_items():
+        try:
+            text = str(parsed.policy.header_factory(name, value))
+        except Exception:  # a malformed header is shown as it came
+            text = str(value)
+        fields.append((name, text))
+    return fields
+
+
+def email_json(record: EmailRecord, raw: bytes, *, detail: bool = False) -> dict:
+    headers = _headers(raw)
+    subject = next((v for n, v in headers if n.lower() == "subject"), None)
+    body = {
+        "id": record.id,
+        "message_id": record.message_id,
+        "subject": subject,
+        "connector": record.connector,
+        "direction": record.direction,
+        "source": record.source,
+        "state": record.state,
+        "outcome": record.outcome,
+        "reason": record.reason,
+        "targets": record.targets,
+        "received_at": _iso(record.received_at),
+        "size": record.size,
+        "envelope": {"mail_from": record.mail_from, "rcpt_to": record.rcpt_to},
+    }
+    if record.folder_path is not None:
+        body["folder_path"] = record.folder_path
+    if detail:
+        body["peer"] = record.peer
+        body["helo"] = record.helo
+        body["headers"] = [{"name": n, "value": v} for n, v in headers]
+        body["trace"] = record.trace
+    return body
+
+
+def _email_id(request: web.Request) -> int | None:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        return None
+
+
+def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
+    async def find(request: web.Request) -> web.Response:
+        message_id = request.query.get("message_id")
+        if not message_id:
+            return api_error(400, "missing_parameter",
+                             "give ?message_id=<id@host> (angle brackets optional)",
+                             field="message_id")
+        if not message_id.startswith("<"):
+            message_id = f"<{message_id}>"
+        store = request.app[key].store
+        records = await store.emails_by_message_id(message_id)
+        items = [email_json(r, await store.raw(r.id) or b"") for r in records]
+        return web.json_response({"emails": items})
+
+    async def one(request: web.Request) -> web.Response:
+        email_id = _email_id(request)
+        store = request.app[key].store
+        record = await store.email(email_id) if email_id is not None else None
+        if record is None:
+            return api_error(404, "not_found", f"no email {request.match_info['id']}", "id")
+        return web.json_response(email_json(record, await store.raw(record.id) or b"",
+                                            detail=True))
+
+    async def raw(request: web.Request) -> web.Response:
+        email_id = _email_id(request)
+        data = await request.app[key].store.raw(email_id) if email_id is not None else None
+        if data is None:
+            return api_error(404, "not_found", f"no email {request.match_info['id']}", "id")
+        return web.Response(body=data, content_type="message/rfc822")
+
+    router.add_get("/api/v1/emails", find)
+    router.add_get("/api/v1/emails/{id}", one)
+    router.add_get("/api/v1/emails/{id}/raw", raw)

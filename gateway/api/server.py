@@ -1,0 +1,79 @@
+"""The HTTP side: health, readiness, metrics (open) and ``/api/v1`` (bearer token).
+
+aiohttp runs in the gateway's own event loop, so an embedding host needs no
+second server framework; see docs/decisions.md.
+"""
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.api import connectors, emails
+from gateway.api.errors import api_error
+from metrics import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+GATEWAY = web.AppKey("gateway", object)
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+
+
+@web.middleware
+async def bearer_auth(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    expected = request.app[GATEWAY].admin_token
+    given = request.headers.get("Authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(),
+                                                                expected.encode()):
+        return api_error(401, "unauthorized",
+                         "send the admin token as 'Authorization: Bearer <token>'",
+                         headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})
+    return await handler(request)
+
+
+@web.middleware
+async def json_errors(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return api_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+        raise
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gateway: Gateway = request.app[GATEWAY]
+    checks = {
+        "store": await gateway.store.ping(),
+        "listeners": {name: l.server.is_serving() for name, l in gateway.listeners.items()},
+        "draining": gateway.draining,
+    }
+    ready = checks["store"] and not gateway.draining and all(checks["listeners"].values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_app(gateway: "Gateway") -> web.Application:
+    app = web.Application(middlewares=[json_errors, bearer_auth])
+    app[GATEWAY] = gateway
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    emails.register(app.router, GATEWAY)
+    connectors.register(app.router, GATEWAY)
+    return app

@@ -1,0 +1,239 @@
+"""Gateway: builds every part from settings; start, run, drain, stop.
+
+``await Gateway(settings).start()`` inside any running event loop (the host's,
+for embedding: SPEC §5.4), ``await gateway.stop()`` to drain. The CLI's
+``serve`` is a thin wrapper that adds signal handling.
+
+Drain order (SIGTERM, SPEC §5.1): stop accepting connections; let every
+session inside DATA finish its commit and replies; say ``421 4.3.2`` to idle
+sessions (the MTA retries them); stop HTTP; let the writer commit what is
+queued; close the store. Nothing acknowledged is lost, nothing half-received
+is acknowledged.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import ssl
+import time
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config import Settings, parse_listen
+from gateway.directory import AddressBook
+from gateway.intake import Intake
+from gateway.model import Connector
+from gateway.protocols.data import DataLimits
+from gateway.protocols.lmtp import LmtpSession
+from gateway.protocols.session import GatewayHandler, SessionStats
+from gateway.protocols.smtp import SmtpSession
+from metrics import Metrics
+from storage.sqlite import SqliteStore
+
+log = logging.getLogger("mailgate")
+
+VERSION = "0.1.0"
+DEMO_CONNECTOR = Connector(name="support", service="lmtp", primary_address="support@example.test")
+
+
+class Listener:
+    """One asyncio server of LMTP or SMTP sessions, with what a drain needs."""
+
+    def __init__(self, protocol: str, server: asyncio.AbstractServer, stats: SessionStats):
+        self.protocol = protocol
+        self.server = server
+        self.stats = stats
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+
+class Gateway:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = Metrics(VERSION)
+        path = settings.sqlite_path
+        assert path is not None, "config validation admits only sqlite URLs"
+        self.store = SqliteStore(path, batch_max=settings.storage.commit_batch_max,
+                                 on_commit=self.metrics.observe_commit)
+        self.addresses = AddressBook()
+        self.intake = Intake(self.store, lambda: self.addresses, on_received=self._count_received)
+        self.listeners: dict[str, Listener] = {}
+        self.http_runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+        self.admin_token = ""
+        self.draining = False
+        self._stopped = asyncio.Event()
+
+    # -- start -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        s = self.settings
+        await self.store.open()
+        await self._bootstrap_directory()
+        await self.reload_directory()
+        if s.lmtp.enabled:
+            self.listeners["lmtp"] = await self._listen("lmtp", LmtpSession, s.lmtp, None)
+        if s.smtp.enabled:
+            self.listeners["smtp"] = await self._listen("smtp", SmtpSession, s.smtp,
+                                                        self._smtp_tls())
+        if s.http.enabled:
+            await self._start_http()
+        self.metrics.ready.set(1)
+        self._log_startup()
+
+    async def _bootstrap_directory(self) -> None:
+        """Seed connectors from the config file; those already in the store stay as they are."""
+        seeds = [Connector(name=c.name, service=c.service, primary_address=c.primary_address,
+                           aliases=tuple(c.aliases), enabled=c.enabled)
+                 for c in self.settings.directory.connectors]
+        if not seeds and self.settings.source == "<embedded default>":
+            if not await self.store.connectors():
+                seeds = [DEMO_CONNECTOR]
+        for connector in seeds:
+            if await self.store.save_connector(connector, create_only=True):
+                log.info("directory: created connector %r <%s> from %s", connector.name,
+                         connector.primary_address, self.settings.source)
+
+    async def reload_directory(self) -> None:
+        """Rebuild the RCPT snapshot from the store (after any directory change)."""
+        self.addresses = AddressBook(await self.store.connectors())
+
+    async def _listen(self, protocol: str, session_cls: type, section, tls) -> Listener:
+        host, port = parse_listen(section.listen)
+        limits = DataLimits(section.max_message_size, section.max_line_length,
+                            section.max_header_count)
+        gauge = self.metrics.sessions_active.labels(protocol)
+        stats = SessionStats(on_change=gauge.set)
+        replies = {c: self.metrics.replies.labels(protocol, c) for c in "245"}
+
+        def count_reply(cls: str) -> None:
+            counter = replies.get(cls)
+            if counter is not None:
+                counter.inc()
+
+        handler = GatewayHandler(self.intake, max_recipients=section.max_recipients,
+                                 on_reply=count_reply)
+        extra = {}
+        if protocol == "smtp":
+            extra = self._smtp_options(tls)
+
+        def factory() -> asyncio.Protocol:
+            return session_cls(handler, limits=limits, stats=stats,
+                               hostname=self.settings.gateway.server_name,
+                               ident=f"mailgate {VERSION}", timeout=section.timeout, **extra)
+
+        server = await asyncio.get_running_loop().create_server(factory, host, port,
+                                                                reuse_address=True)
+        return Listener(protocol, server, stats)
+
+    def _smtp_tls(self) -> ssl.SSLContext | None:
+        s = self.settings.smtp
+        if not s.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(s.tls_cert, s.tls_key)
+        return context
+
+    def _smtp_options(self, tls: ssl.SSLContext | None) -> dict:
+        s = self.settings.smtp
+        options: dict = {"tls_context": tls, "require_starttls": s.require_starttls}
+        if s.auth_username:
+            expected_user = s.auth_username.encode()
+            expected_password = s.auth_password.encode()
+
+            def check(mechanism: str, login: bytes, password: bytes) -> bool:
+                return (secrets.compare_digest(login, expected_user)
+                        and secrets.compare_digest(password, expected_password))
+
+            options.update(auth_required=True, auth_require_tls=True, auth_callback=check)
+        return options
+
+    async def _start_http(self) -> None:
+        from gateway.api.server import build_app
+
+        self.admin_token = self._admin_token()
+        host, port = parse_listen(self.settings.http.listen)
+        self.http_runner = web.AppRunner(build_app(self), access_log=None)
+        await self.http_runner.setup()
+        site = web.TCPSite(self.http_runner, host, port, reuse_address=True)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def _admin_token(self) -> str:
+        """The configured token, or one generated into a 0600 file beside the database."""
+        if self.settings.http.admin_token:
+            return self.settings.http.admin_token
+        path = Path(self.settings.sqlite_path or ".").resolve().parent / "mailgate.admin-token"
+        if path.exists():
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        log.info("http: no admin_token configured; generated one into %s", path)
+        return token
+
+    def _log_startup(self) -> None:
+        s = self.settings
+        log.info("mailgate %s (%s): database %s", VERSION, s.source,
+                 Path(s.sqlite_path or "").resolve())
+        for listener in self.listeners.values():
+            host, _ = parse_listen(getattr(s, listener.protocol).listen)
+            log.info("%s listening on %s:%d", listener.protocol.upper(), host, listener.port)
+        if self.http_port is not None:
+            host, _ = parse_listen(s.http.listen)
+            base = f"http://{host}:{self.http_port}"
+            log.info("HTTP listening on %s (/healthz, /readyz, /metrics, /api/v1)", base)
+        for connector in self.addresses.connectors.values():
+            log.info("connector %r receives %s%s", connector.name,
+                     ", ".join(connector.addresses()), "" if connector.enabled else " (disabled)")
+        if "lmtp" in self.listeners and self.http_port is not None and self.addresses.connectors:
+            first = next(iter(self.addresses.connectors.values()))
+            host, _ = parse_listen(s.lmtp.listen)
+            log.info("try it: swaks --protocol LMTP --server %s:%d --to %s ; then: curl -H "
+                     "\"Authorization: Bearer $TOKEN\" '%s/api/v1/emails?message_id=<ID>'",
+                     host, self.listeners["lmtp"].port, first.primary_address,
+                     f"http://{parse_listen(s.http.listen)[0]}:{self.http_port}")
+
+    # -- run and stop ------------------------------------------------------------------
+
+    def _count_received(self, source: str, connector: str, size: int) -> None:
+        self.metrics.messages_received.labels(source, connector).inc()
+        self.metrics.message_size.labels(source).observe(size)
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Drain and stop (idempotent)."""
+        if self.draining:
+            await self._stopped.wait()
+            return
+        self.draining = True
+        self.metrics.ready.set(0)
+        self.metrics.draining.set(1)
+        started = time.monotonic()
+        for listener in self.listeners.values():
+            listener.server.close()
+        deadline = started + self.settings.gateway.drain_timeout
+        while any(l.stats.busy() for l in self.listeners.values()):
+            if time.monotonic() >= deadline:
+                log.warning("drain timeout: closing sessions still inside DATA")
+                break
+            await asyncio.sleep(0.02)
+        for listener in self.listeners.values():
+            for session in list(listener.stats.sessions):
+                if not session.close_idle() and session.transport is not None:
+                    session.transport.close()
+        await asyncio.sleep(0)
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+        await self.store.close()
+        self.metrics.draining.set(0)
+        log.info("stopped after draining for %.2fs", time.monotonic() - started)
+        self._stopped.set()

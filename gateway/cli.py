@@ -1,0 +1,108 @@
+"""The ``mailgate`` command: ``serve`` and ``check`` (SPEC §5.1).
+
+Library code never exits the process; only :func:`main` turns outcomes into
+exit codes (0 ok, 1 runtime failure, 2 configuration problems).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from gateway.config import ConfigError, Settings, load
+
+log = logging.getLogger("mailgate")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every command at INFO: far too much for a busy gateway.
+    logging.getLogger("mail.log").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _load(path: str | None) -> Settings | None:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} configuration problem(s); nothing was started.",
+              file=sys.stderr)
+        return None
+
+
+def _new_loop(choice: str) -> asyncio.AbstractEventLoop:
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+            return uvloop.new_event_loop()
+        except ImportError:
+            if choice == "uvloop":
+                raise SystemExit("[gateway] event_loop = \"uvloop\" but uvloop is not "
+                                 "installed: pip install uvloop")
+    return asyncio.new_event_loop()
+
+
+async def _serve(settings: Settings) -> int:
+    from gateway.app import Gateway
+
+    gateway = Gateway(settings)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    def on_signal(signame: str) -> None:
+        if not stopping:
+            log.info("%s received: draining", signame)
+            stopping.append(loop.create_task(gateway.stop()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        await gateway.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        await gateway.stop()
+        return 1
+    await gateway.wait_stopped()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _configure_logging(args.verbose)
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    loop = _new_loop(settings.gateway.event_loop)
+    try:
+        return loop.run_until_complete(_serve(settings))
+    finally:
+        loop.close()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    print(f"{settings.source}: ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailgate", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (embedded default without --config)")
+    serve.add_argument("--config", help="TOML process config (SPEC 5.2)")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.set_defaults(func=cmd_serve)
+    check = sub.add_parser("check", help="validate the config; exit non-zero on any problem")
+    check.add_argument("--config", help="TOML process config (SPEC 5.2)")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

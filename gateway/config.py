@@ -1,0 +1,457 @@
+"""Process configuration: TOML file + environment overrides → frozen settings.
+
+SPEC §5.2. The schema below is the single source of truth: every key, its type
+and its default. A file that names an unknown key or gives a value of the wrong
+type is refused with the file, the line and a fix, so an admin never learns
+about a typo from a message that went missing. Any value can be overridden by
+``MAILGATE_<SECTION>_<KEY>`` (nested tables join with ``_``), so secrets never
+have to sit in the file; ``<key>_file`` variants read a secret from a file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(Exception):
+    """One or more problems, each already formatted as ``file:line: message``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    server_name: str = "mailgate"
+    message_id_domain: str = "mailgate.invalid"
+    drain_timeout: float = 30.0
+    event_loop: str = "auto"
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    url: str = "sqlite:///./mailgate.db"
+    commit_batch_max: int = 256
+
+
+@dataclass(frozen=True)
+class LmtpSection:
+    enabled: bool = True
+    listen: str = "127.0.0.1:8024"
+    max_message_size: int = 36_700_160
+    max_recipients: int = 1000
+    max_line_length: int = 1000
+    max_header_count: int = 1000
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
+class SmtpSection:
+    enabled: bool = False
+    listen: str = "127.0.0.1:8025"
+    max_message_size: int = 36_700_160
+    max_recipients: int = 1000
+    max_line_length: int = 1000
+    max_header_count: int = 1000
+    timeout: float = 300.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    require_starttls: bool = False
+    auth_username: str = ""
+    auth_password: str = ""
+    auth_password_file: str = ""
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    enabled: bool = True
+    listen: str = "127.0.0.1:9024"
+    admin_token: str = ""
+    admin_token_file: str = ""
+
+
+@dataclass(frozen=True)
+class MatchingSection:
+    mode: str = "off"
+    hide_plus_in_from: bool = False
+
+
+@dataclass(frozen=True)
+class AutogenSection:
+    extended: bool = True
+
+
+@dataclass(frozen=True)
+class DedupSection:
+    window_days: int = 30
+
+
+@dataclass(frozen=True)
+class DefaultGatewaySection:
+    host: str = ""
+    port: int = 25
+    tls: str = "none"
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+
+
+@dataclass(frozen=True)
+class DkimKey:
+    domain: str = ""
+    selector: str = ""
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
+class OutboundSection:
+    enabled: bool = False
+    unmonitored_address: str = ""
+    default_gateway: DefaultGatewaySection = field(default_factory=DefaultGatewaySection)
+    dkim: tuple[DkimKey, ...] = ()
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class BootstrapConnector:
+    """A connector the config file seeds into an empty-of-it directory."""
+    name: str = ""
+    service: str = "lmtp"
+    primary_address: str = ""
+    aliases: tuple[str, ...] = ()
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class DirectorySection:
+    connectors: tuple[BootstrapConnector, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    lmtp: LmtpSection = field(default_factory=LmtpSection)
+    smtp: SmtpSection = field(default_factory=SmtpSection)
+    http: HttpSection = field(default_factory=HttpSection)
+    matching: MatchingSection = field(default_factory=MatchingSection)
+    autogen: AutogenSection = field(default_factory=AutogenSection)
+    dedup: DedupSection = field(default_factory=DedupSection)
+    outbound: OutboundSection = field(default_factory=OutboundSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    directory: DirectorySection = field(default_factory=DirectorySection)
+    source: str = "<embedded default>"
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The database path for ``sqlite:///path`` URLs, else None."""
+        prefix = "sqlite:///"
+        return self.storage.url[len(prefix):] if self.storage.url.startswith(prefix) else None
+
+
+# Which values are constrained to a set, and what each key's secret file is.
+CHOICES = {
+    ("gateway", "event_loop"): ("auto", "asyncio", "uvloop"),
+    ("matching", "mode"): ("off", "mixed", "plus_only"),
+    ("outbound.default_gateway", "tls"): ("none", "starttls", "implicit"),
+    ("directory.connectors", "service"): ("lmtp",),
+}
+SECRET_FILES = {"admin_token_file": "admin_token", "auth_password_file": "auth_password",
+                "password_file": "password"}
+LISTEN_KEYS = {("lmtp", "listen"), ("smtp", "listen"), ("http", "listen")}
+POSITIVE_KEYS = {"max_message_size", "max_recipients", "max_line_length", "max_header_count",
+                 "commit_batch_max", "window_days", "timeout", "drain_timeout"}
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` → (host, port); ``[::1]:8024`` for IPv6."""
+    m = re.fullmatch(r"\[?([^\]]*?)\]?:(\d{1,5})", value.strip())
+    if not m or not 0 <= int(m.group(2)) <= 65535 or not m.group(1):
+        raise ValueError(f"{value!r} is not host:port (e.g. \"127.0.0.1:8024\")")
+    return m.group(1), int(m.group(2))
+
+
+class _LineIndex:
+    """Finds the line of a ``[section]`` key in the TOML text, for error messages."""
+
+    def __init__(self, text: str):
+        self.lines: dict[tuple[str, str], int] = {}
+        self.tables: dict[str, int] = {}
+        section = ""
+        for number, line in enumerate(text.splitlines(), start=1):
+            stripped = line.strip()
+            header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", stripped)
+            if header:
+                section = header.group(1).replace(" ", "").replace('"', "")
+                self.tables.setdefault(section, number)
+                continue
+            key = re.match(r"^([A-Za-z0-9_\-\"\.]+)\s*=", stripped)
+            if key:
+                self.lines.setdefault((section, key.group(1).strip('"')), number)
+
+    def line(self, section: str, key: str | None = None) -> int | None:
+        if key is not None and (section, key) in self.lines:
+            return self.lines[(section, key)]
+        if key is not None and f"{section}.{key}".lstrip(".") in self.tables:
+            return self.tables[f"{section}.{key}".lstrip(".")]
+        return self.tables.get(section)
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"known keys: {', '.join(sorted(options))}"
+
+
+def _type_name(tp: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, "a list of strings")
+
+
+def _coerce(value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of ``default``; raise TypeError with a hint."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise TypeError(_type_name(bool))
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError(_type_name(float))
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError(_type_name(int))
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        raise TypeError(_type_name(str))
+    if isinstance(default, tuple):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise TypeError(_type_name(tuple))
+    raise TypeError("a table")
+
+
+class _Loader:
+    def __init__(self, source: str, text: str):
+        self.source = source
+        self.index = _LineIndex(text)
+        self.problems: list[str] = []
+
+    def problem(self, section: str, key: str | None, message: str) -> None:
+        line = self.index.line(section, key)
+        where = f"{self.source}:{line}" if line else self.source
+        self.problems.append(f"{where}: {message}")
+
+    def build(self, cls: type, data: dict, section: str) -> Any:
+        """Build dataclass ``cls`` from ``data``, collecting problems as it goes."""
+        defaults = cls()
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            name = f"[{section}] {key}" if section else f"section [{key}]"
+            if key not in fields or key == "source":
+                self.problem(section, key, f"unknown {'key ' if section else ''}{name}: {_suggest(key, [f for f in fields if f != 'source'])}")
+                continue
+            default = getattr(defaults, key)
+            if dataclasses.is_dataclass(default):
+                if not isinstance(value, dict):
+                    self.problem(section, key, f"{name} must be a table [{section}.{key}]")
+                    continue
+                values[key] = self.build(type(default), value, f"{section}.{key}" if section else key)
+                continue
+            if isinstance(default, tuple) and key in ("connectors", "dkim"):
+                element = BootstrapConnector if key == "connectors" else DkimKey
+                if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                    self.problem(section, key, f"{name} must be written as [[{section}.{key}]] tables")
+                    continue
+                values[key] = tuple(self.build(element, v, f"{section}.{key}") for v in value)
+                continue
+            try:
+                values[key] = _coerce(value, default)
+            except TypeError as hint:
+                self.problem(section, key, f"{name} = {value!r} is not valid: write {hint}"
+                             f" (default: {default!r})")
+                continue
+            self.check_value(section, key, values[key])
+        try:
+            return cls(**values)
+        except TypeError as exc:  # pragma: no cover - defensive
+            self.problem(section, None, str(exc))
+            return defaults
+
+    def check_value(self, section: str, key: str, value: Any) -> None:
+        choices = CHOICES.get((section, key))
+        if choices and value not in choices:
+            self.problem(section, key, f"[{section}] {key} = {value!r}: use one of "
+                         f"{', '.join(repr(c) for c in choices)}")
+        if (section, key) in LISTEN_KEYS:
+            try:
+                parse_listen(value)
+            except ValueError as exc:
+                self.problem(section, key, f"[{section}] {key}: {exc}")
+        if key in POSITIVE_KEYS and value <= 0:
+            self.problem(section, key, f"[{section}] {key} = {value!r}: must be greater than 0")
+
+
+def _env_overrides(env: dict[str, str]) -> tuple[dict, list[str]]:
+    """``MAILGATE_<SECTION>_<KEY>`` variables → a nested dict to merge over the file."""
+    targets: dict[str, tuple[str, ...]] = {}
+
+    def walk(cls: type, path: tuple[str, ...]) -> None:
+        for f in dataclasses.fields(cls):
+            default = getattr(cls(), f.name)
+            if f.name == "source" or (isinstance(default, tuple) and f.name in ("connectors", "dkim")):
+                continue
+            if dataclasses.is_dataclass(default):
+                walk(type(default), path + (f.name,))
+            else:
+                targets["MAILGATE_" + "_".join(path + (f.name,)).upper()] = path + (f.name,)
+
+    walk(Settings, ())
+    overrides: dict = {}
+    problems = []
+    for name, raw in env.items():
+        if not name.startswith("MAILGATE_") or name == "MAILGATE_CONFIG":
+            continue
+        path = targets.get(name)
+        if path is None:
+            problems.append(f"environment: unknown variable {name}: "
+                            f"{_suggest(name, list(targets))}")
+            continue
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _parse_env_value(raw, path, problems)
+    return overrides, problems
+
+
+def _parse_env_value(raw: str, path: tuple[str, ...], problems: list[str]) -> Any:
+    default: Any = Settings()
+    for part in path:
+        default = getattr(default, part)
+    if isinstance(default, str):
+        return raw
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if isinstance(default, tuple):
+            return [item.strip() for item in raw.split(",") if item.strip()]
+        return raw
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_secret_files(data: dict, loader: _Loader, section: str = "") -> None:
+    """``admin_token_file = "/run/secrets/x"`` fills ``admin_token`` from that file."""
+    for key, value in list(data.items()):
+        if isinstance(value, dict):
+            _read_secret_files(value, loader, f"{section}.{key}" if section else key)
+        elif key in SECRET_FILES and isinstance(value, str) and value:
+            try:
+                data[SECRET_FILES[key]] = Path(value).read_text().strip()
+            except OSError as exc:
+                loader.problem(section, key, f"[{section}] {key}: cannot read {value}: "
+                               f"{exc.strerror}; fix the path or its permissions")
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Load settings from ``path`` (or the embedded default when None) plus ``env``.
+
+    Raises ConfigError listing every problem found, not just the first.
+    """
+    env = dict(os.environ) if env is None else env
+    if path is None:
+        source, text = "<embedded default>", ""
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{source}: cannot read config file: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: TOML syntax error: {exc}"]) from None
+    loader = _Loader(source, text)
+    overrides, env_problems = _env_overrides(env)
+    loader.problems.extend(env_problems)
+    data = _merge(data, overrides)
+    _read_secret_files(data, loader)
+    settings = loader.build(Settings, data, "")
+    _check_cross_field(settings, loader)
+    if loader.problems:
+        raise ConfigError(loader.problems)
+    return dataclasses.replace(settings, source=source)
+
+
+def _check_cross_field(settings: Settings, loader: _Loader) -> None:
+    if not settings.storage.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        loader.problem("storage", "url", "[storage] url must be \"sqlite:///path/to/mailgate.db\""
+                       " or \"postgresql://user@host/db\"")
+    elif not settings.storage.url.startswith("sqlite:///"):
+        loader.problem("storage", "url", "[storage] url: PostgreSQL is not supported by this "
+                       "release yet; use \"sqlite:///path/to/mailgate.db\"")
+    smtp = settings.smtp
+    if smtp.enabled and bool(smtp.tls_cert) != bool(smtp.tls_key):
+        loader.problem("smtp", "tls_cert" if not smtp.tls_cert else "tls_key",
+                       "[smtp] STARTTLS needs both tls_cert and tls_key")
+    if smtp.enabled and smtp.require_starttls and not smtp.tls_cert:
+        loader.problem("smtp", "require_starttls",
+                       "[smtp] require_starttls = true needs tls_cert and tls_key")
+    if smtp.enabled and bool(smtp.auth_username) != bool(smtp.auth_password):
+        loader.problem("smtp", "auth_username",
+                       "[smtp] AUTH needs both auth_username and auth_password "
+                       "(or MAILGATE_SMTP_AUTH_PASSWORD)")
+    if smtp.enabled and smtp.auth_username and not smtp.tls_cert:
+        loader.problem("smtp", "auth_username",
+                       "[smtp] AUTH is only offered over TLS: set tls_cert and tls_key")
+    if settings.outbound.enabled and not settings.outbound.default_gateway.host:
+        loader.problem("outbound.default_gateway", "host",
+                       "[outbound] enabled = true needs a system default gateway: set "
+                       "[outbound.default_gateway] host (R-O1)")
+    seen: set[str] = set()
+    for connector in settings.directory.connectors:
+        if not connector.name or not connector.primary_address:
+            loader.problem("directory.connectors", None,
+                           "[[directory.connectors]] needs name and primary_address")
+        if connector.name in seen:
+            loader.problem("directory.connectors", "name",
+                           f"[[directory.connectors]] name {connector.name!r} appears twice")
+        seen.add(connector.name)
+        for address in (connector.primary_address, *connector.aliases):
+            if address and not re.fullmatch(r"[^@\s]+@[^@\s]+", address):
+                loader.problem("directory.connectors", "primary_address",
+                               f"[[directory.connectors]] {address!r} is not an address "
+                               "like support@example.com")
+    if settings.sqlite_path == "":
+        loader.problem("storage", "url", "[storage] url names no file: "
+                       "sqlite:///./mailgate.db")

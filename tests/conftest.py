@@ -1,0 +1,63 @@
+"""Fixtures shared by unit and integration tests: settings, a running gateway, clients."""
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.config import (BootstrapConnector, DirectorySection, HttpSection, LmtpSection,
+                            Settings, SmtpSection, StorageSection)
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_settings(tmp_path: Path, *, connectors=None, lmtp=None, smtp=None,
+                  http=None, **sections) -> Settings:
+    """Settings for one test: ports chosen by the OS, a database in ``tmp_path``."""
+    if connectors is None:
+        connectors = [BootstrapConnector(name="support", primary_address="support@example.test",
+                                         aliases=("help@example.test",)),
+                      BootstrapConnector(name="sales", primary_address="sales@example.test")]
+    return Settings(
+        storage=StorageSection(url=f"sqlite:///{tmp_path / 'mailgate.db'}"),
+        lmtp=dataclasses.replace(LmtpSection(listen="127.0.0.1:0"), **(lmtp or {})),
+        smtp=dataclasses.replace(SmtpSection(listen="127.0.0.1:0"), **(smtp or {})),
+        http=dataclasses.replace(HttpSection(listen="127.0.0.1:0", admin_token=ADMIN_TOKEN),
+                                 **(http or {})),
+        directory=DirectorySection(connectors=tuple(connectors)),
+        source=str(tmp_path / "gateway.toml"),
+        **sections)
+
+
+@pytest.fixture
+async def gateway(tmp_path):
+    """A gateway with connectors ``support`` (+ alias ``help``) and ``sales``."""
+    gw = Gateway(make_settings(tmp_path))
+    await gw.start()
+    yield gw
+    await gw.stop()
+
+
+@pytest.fixture
+async def start_gateway(tmp_path):
+    """Factory for a gateway with custom settings; every one started is stopped at teardown."""
+    started: list[Gateway] = []
+
+    async def start(**kwargs) -> Gateway:
+        gw = Gateway(make_settings(tmp_path, **kwargs))
+        await gw.start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        await gw.stop()
