@@ -56,8 +56,10 @@ class WireClient:
         await self.send(line + "\r\n")
         return await self.reply()
 
-    async def transaction(self, sender: str, rcpts: list[str], data: bytes) -> tuple[list[Reply], list[Reply]]:
-        """MAIL, RCPTs, DATA, content; returns (RCPT replies, one reply per accepted RCPT)."""
+    async def transaction(self, sender: str, rcpts: list[str], data: bytes, *,
+                          smtp: bool = False) -> tuple[list[Reply], list[Reply]]:
+        """MAIL, RCPTs, DATA, content; returns (RCPT replies, the replies after the data:
+        one per accepted RCPT for LMTP, one for ``smtp``)."""
         assert (await self.command(f"MAIL FROM:<{sender}>")).code == 250
         rcpt_replies = [await self.command(f"RCPT TO:<{r}>") for r in rcpts]
         accepted = sum(1 for r in rcpt_replies if r.code == 250)
@@ -65,7 +67,7 @@ class WireClient:
         if data_reply.code != 354:
             return rcpt_replies, [data_reply]
         await self.send(data + b".\r\n")
-        return rcpt_replies, await self.replies(accepted)
+        return rcpt_replies, await self.replies(1 if smtp else accepted)
 
     async def close(self) -> None:
         try:
