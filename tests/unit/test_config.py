@@ -200,3 +200,10 @@ def test_mailgate_check_exits_non_zero_and_prints_each_problem(tmp_path):
     run = subprocess.run([sys.executable, "-m", "gateway", "check", "--config", str(good)],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
     assert run.returncode == 0, run.stderr
+
+
+def test_shipped_example_config_is_valid():
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[2] / "conf" / "gateway.toml"
+    settings = load(str(example), env={})
+    assert settings.directory.connectors[0].primary_address == "support@helpdesk.example.com"
