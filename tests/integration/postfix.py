@@ -1,14 +1,12 @@
 """A throwaway, real Postfix instance that relays test domains to an LMTP port.
 
-Why: the gateway's LMTP server must behave the way the real MTA in front of it
-expects (one reply per recipient, 4xx = keep and retry, 5xx = bounce).  Fakes
-cannot prove that, so integration tests inject mail into a private Postfix
-(its own config, queue and log under one temp dir) that delivers over LMTP to
-127.0.0.1:<lmtp_port>.  Recipe: shared notes, ecosystem.md section 5.2.
-
-Needs root (``postfix start`` is reserved for the superuser) and Debian's
-``postfix`` package.  All methods block; from an async test whose LMTP server
-runs in the same event loop, call them via ``await asyncio.to_thread(...)``.
+Why: the gateway must behave as the real MTA in front of it expects (one LMTP
+reply per recipient, 4xx = keep and retry, 5xx = bounce); fakes cannot prove
+that.  So tests inject mail into a private Postfix (config, queue and log in one
+temp dir) delivering to 127.0.0.1:<lmtp_port>.  Recipe: shared notes,
+ecosystem.md 5.2.  Needs root ("postfix start" is superuser-only) and Debian's
+postfix package.  All methods block: from an async test whose LMTP server runs
+in the same event loop, call them via ``await asyncio.to_thread(...)``.
 """
 from __future__ import annotations
 
@@ -93,8 +91,9 @@ class PostfixInstance:
     """Private Postfix relaying ``domains`` to LMTP at 127.0.0.1:lmtp_port.
 
     Use as a context manager (``with PostfixInstance(port) as pf:``) or call
-    start()/stop().  ``extra_main_cf`` lines are appended to main.cf; a later
-    line for the same parameter overrides the default written here.  Paths
+    start()/stop().  ``extra_main_cf`` lines ("name = value") are appended to
+    main.cf, replacing the default line for the same name (a duplicate would
+    make every Postfix process log "overriding earlier entry").  Paths
     (dir, etc, maillog_path) exist only between start() and stop().
     """
 
@@ -108,6 +107,7 @@ class PostfixInstance:
 
     @property
     def etc(self) -> Path:
+        """The config directory, passed as -c/-C to every Postfix command."""
         return self._dir() / "etc"
 
     @property
@@ -132,23 +132,30 @@ class PostfixInstance:
             "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
             "alias_maps =", "alias_database =", "biff = no",
             f"maillog_file = {d}/maillog", f"maillog_file_prefixes = {d}",
-            # 1s is the smallest value qmgr accepts for each of these three.
-            "queue_run_delay = 1s", "minimal_backoff_time = 1s", "maximal_backoff_time = 2s",
+            # qmgr accepts >= 1s, but stamps "now + backoff" in whole seconds: 1s can
+            # mean ~0s, the rescan then finds the file still locked by the lmtp agent
+            # ("skipped, still being delivered") and parks it in incoming/ for 60s.
+            "queue_run_delay = 1s", "minimal_backoff_time = 2s", "maximal_backoff_time = 4s",
             "lmtp_destination_recipient_limit = 50",
             # No DNS here: bounces to outside senders must fail fast, not sit deferred.
             "default_transport = error:5.3.0 no delivery outside the test domains",
             "smtpd_peername_lookup = no",
         ]
-        return "\n".join(lines + self.extra_main_cf) + "\n"
+        extra = {x.split("=", 1)[0].strip(): x for x in self.extra_main_cf}
+        lines = [x for x in lines if x.split("=", 1)[0].strip() not in extra]
+        return "\n".join(lines + list(extra.values())) + "\n"
 
     def start(self) -> PostfixInstance:
         """Create the instance directory, check the config and start master."""
         if not (SBIN / "postfix").exists():
             raise PostfixError("/usr/sbin/postfix not found: install the Debian package "
-                               "'postfix' (apt-get install postfix), swaks for manual tests")
+                               "'postfix' (apt-get install postfix)")
         if os.geteuid() != 0:
             raise PostfixError("a private Postfix instance must be started as root")
-        d = self.dir = Path(tempfile.mkdtemp(prefix="pf-"))  # short: socket paths <108 bytes
+        if self.dir is not None:
+            raise PostfixError(f"already started in {self.dir}")
+        # Under $TMPDIR (keep it short: Postfix's unix sockets live in spool/).
+        d = self.dir = Path(tempfile.mkdtemp(prefix="pf-"))
         d.chmod(0o755)
         for sub in ("etc", "spool", "data"):
             (d / sub).mkdir()
@@ -183,7 +190,7 @@ class PostfixInstance:
     def __enter__(self) -> PostfixInstance:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def sendmail(self, raw: bytes, sender: str, recipients: Sequence[str]) -> None:
@@ -208,14 +215,13 @@ class PostfixInstance:
         return self._run(SBIN / "postqueue", "-c", self.etc, *args).stdout
 
     def flush(self) -> None:
-        """Retry all deferred mail now, ignoring backoff and dead destinations."""
+        """Retry deferred (and parked incoming) mail now: ignores backoff time
+        stamps and 'dead destination' state."""
         self.postqueue("-f")
 
     def maillog(self) -> str:
-        try:
-            return self.maillog_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        p = self.maillog_path
+        return p.read_text(errors="replace") if p.exists() else ""
 
     def deliveries(self) -> list[Delivery]:
         """Every delivery attempt logged so far (all agents), oldest first."""
@@ -285,10 +291,10 @@ def parse_postqueue_p(text: str) -> list[dict]:
     """Fallback for Postfix < 3.1: ``postqueue -p`` text into -j-like dicts."""
     out: list[dict] = []
     for block in text.split("\n\n"):
-        lines = [x.strip() for x in block.splitlines() if x.strip()]
+        lines = [x.strip() for x in block.splitlines() if x.strip() and x[0] != "-"]
         head = lines and re.match(r"([0-9A-Za-z]+)([*!]?)\s+\d+\s.*?\d\d:\d\d:\d\d\s+(\S*)$", lines[0])
         if not head:
-            continue  # "-Queue ID- ..." header, "-- N Kbytes ..." footer, empty queue
+            continue  # "-- N Kbytes in M Requests." footer, "Mail queue is empty"
         rcpts, reason = [], None
         for line in lines[1:]:
             if line.startswith("("):

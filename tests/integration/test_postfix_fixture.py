@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from aiosmtpd.lmtp import LMTP
 
-try:  # tests/integration may or may not become a package
-    from .postfix import PostfixError, PostfixInstance, parse_postqueue_p
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from postfix import PostfixError, PostfixInstance, parse_postqueue_p
+from tests.integration.postfix import PostfixError, PostfixInstance, free_port, parse_postqueue_p
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,6 +26,7 @@ class Handler:
     def __init__(self) -> None:
         self.reply = "250 2.0.0 ok"
         self.envelopes = []
+        self.port = 0
 
     async def handle_DATA(self, server, session, envelope):
         self.envelopes.append(envelope)
@@ -89,8 +84,8 @@ async def test_451_keeps_mail_queued_until_flush_delivers_it(lmtp, postfix):
         entries = postfix.queue()
         if len(entries) == 1 and entries[0]["queue_name"] == "deferred":
             return entries[0]
-        return None  # may be "active" for a moment: it is retried every 1-2 s
-    entry = await asyncio.to_thread(postfix._poll, deferred_entry, 10, "deferred entry")
+        return None  # may be "active" for a moment: it is retried every 1-4 s
+    entry = await asyncio.to_thread(postfix.wait_until, deferred_entry, 10, "deferred entry")
     assert entry["sender"] == "s@origin.test"
     assert sorted(r["address"] for r in entry["recipients"]) == rcpts
     assert all("451 4.3.0 try later" in r["delay_reason"] for r in entry["recipients"])
@@ -99,8 +94,7 @@ async def test_451_keeps_mail_queued_until_flush_delivers_it(lmtp, postfix):
     assert all(d.agent == "lmtp" and d.dsn == "4.3.0" for d in deferred)
 
     # The -p fallback parser must agree with -j on the same queue.
-    text = (await asyncio.to_thread(postfix._run, "/usr/sbin/postqueue", "-c", postfix.etc, "-p")).stdout
-    [parsed] = parse_postqueue_p(text)
+    [parsed] = parse_postqueue_p(await asyncio.to_thread(postfix.postqueue, "-p"))
     assert parsed["queue_id"] == entry["queue_id"] and parsed["sender"] == "s@origin.test"
     assert sorted(r["address"] for r in parsed["recipients"]) == rcpts
 
@@ -117,7 +111,7 @@ def test_start_failure_raises_with_maillog_and_cleans_up():
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        pf = PostfixInstance(lmtp_port=1, smtp_port=busy.getsockname()[1])
+        pf = PostfixInstance(lmtp_port=free_port(), smtp_port=busy.getsockname()[1])
         with pytest.raises(PostfixError, match="Address already in use"):
             pf.start()
     assert pf.dir is None
