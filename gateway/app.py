@@ -68,6 +68,7 @@ class Gateway:
         self.admin_token = ""
         self.draining = False
         self._stopped = asyncio.Event()
+        self._received_children: dict[tuple[str, str], tuple] = {}
 
     # -- start -------------------------------------------------------------------------
 
@@ -203,8 +204,16 @@ class Gateway:
     # -- run and stop ------------------------------------------------------------------
 
     def _count_received(self, source: str, connector: str, size: int) -> None:
-        self.metrics.messages_received.labels(source, connector).inc()
-        self.metrics.message_size.labels(source).observe(size)
+        # Labelled children are cached: .labels() per message was ~4% of the
+        # CPU in the bench profile.
+        key = (source, connector)
+        children = self._received_children.get(key)
+        if children is None:
+            children = (self.metrics.messages_received.labels(source, connector),
+                        self.metrics.message_size.labels(source))
+            self._received_children[key] = children
+        children[0].inc()
+        children[1].observe(size)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

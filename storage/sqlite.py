@@ -65,6 +65,7 @@ class SqliteStore:
         self._pending: collections.deque[_Job] = collections.deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._next_message_id = 1
         self._next_email_id = 1
@@ -82,8 +83,8 @@ class SqliteStore:
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute("PRAGMA busy_timeout=5000")
         self._reader.row_factory = aiosqlite.Row
-        self._task = asyncio.get_running_loop().create_task(self._run_writer(),
-                                                            name="store-writer")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run_writer(), name="store-writer")
 
     async def close(self) -> None:
         """Finish every queued write, then close both connections."""
@@ -129,7 +130,8 @@ class SqliteStore:
 
         Raises StoreError when the commit failed: nothing of it is stored.
         """
-        future = asyncio.get_running_loop().create_future()
+        # the loop is cached: get_running_loop() costs a getpid() per call on 3.11
+        future = (self._loop or asyncio.get_running_loop()).create_future()
         return await self._submit(_Job(future, copies=copies))
 
     async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
