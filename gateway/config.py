@@ -42,7 +42,8 @@ class StorageSection:
 
 
 @dataclass(frozen=True)
-class LmtpSection:
+class ListenerSection:
+    """What the LMTP and SMTP listeners share: the address and the limits (R-I3)."""
     enabled: bool = True
     listen: str = "127.0.0.1:8024"
     max_message_size: int = 36_700_160
@@ -53,14 +54,14 @@ class LmtpSection:
 
 
 @dataclass(frozen=True)
-class SmtpSection:
+class LmtpSection(ListenerSection):
+    pass
+
+
+@dataclass(frozen=True)
+class SmtpSection(ListenerSection):
     enabled: bool = False
     listen: str = "127.0.0.1:8025"
-    max_message_size: int = 36_700_160
-    max_recipients: int = 1000
-    max_line_length: int = 1000
-    max_header_count: int = 1000
-    timeout: float = 300.0
     tls_cert: str = ""
     tls_key: str = ""
     require_starttls: bool = False
