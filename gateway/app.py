@@ -22,16 +22,20 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.config import Settings, parse_listen
-from gateway.directory import AddressBook
+from gateway.config import BootstrapRoute, Settings, parse_listen
+from gateway.directory import AddressBook, Directory
 from gateway.intake import Intake
-from gateway.model import Connector
+from gateway.model import Connector, Route, RouteRules, RouteTarget
+from gateway.operations import Operations
+from gateway.pipeline.context import PipelineSettings
+from gateway.pipeline.runner import Runner
 from gateway.protocols.data import DataLimits
 from gateway.protocols.lmtp import LmtpSession
 from gateway.protocols.session import GatewayHandler, SessionStats
 from gateway.protocols.smtp import SmtpSession
 from metrics import Metrics
 from storage.sqlite import SqliteStore
+from storage.txn import Txn
 
 log = logging.getLogger("mailgate")
 
@@ -60,8 +64,18 @@ class Gateway:
         assert path is not None, "config validation admits only sqlite URLs"
         self.store = SqliteStore(path, batch_max=settings.storage.commit_batch_max,
                                  on_commit=self.metrics.observe_commit)
-        self.addresses = AddressBook()
-        self.intake = Intake(self.store, lambda: self.addresses, on_received=self._count_received)
+        self.directory = Directory()
+        self.intake = Intake(self.store, lambda: self.directory.book,
+                             on_received=self._count_received, on_journaled=self._wake_pipeline)
+        self.pipeline_settings = PipelineSettings(
+            matching_mode=settings.matching.mode,
+            hide_plus_in_from=settings.matching.hide_plus_in_from,
+            autogen_extended=settings.autogen.extended,
+            autogen_disabled=frozenset(settings.autogen.disabled),
+            message_id_domain=settings.gateway.message_id_domain)
+        self.pipeline = Runner(self.store, lambda: self.directory, lambda: self.pipeline_settings,
+                               observer=self.metrics.pipeline_observer())
+        self.ops = Operations(self.store, self.reload_directory)
         self.listeners: dict[str, Listener] = {}
         self.http_runner: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -77,6 +91,7 @@ class Gateway:
         await self.store.open()
         await self._bootstrap_directory()
         await self.reload_directory()
+        self.pipeline.start()
         if s.lmtp.enabled:
             self.listeners["lmtp"] = await self._listen("lmtp", LmtpSession, s.lmtp, None)
         if s.smtp.enabled:
@@ -88,21 +103,40 @@ class Gateway:
         self._log_startup()
 
     async def _bootstrap_directory(self) -> None:
-        """Seed connectors from the config file; those already in the store stay as they are."""
+        """Seed connectors (each with its fallback route) and routes from the config file;
+        what the store already has stays as it is: the store is the source of truth."""
         seeds = [Connector(name=c.name, service=c.service, primary_address=c.primary_address,
                            aliases=tuple(c.aliases), enabled=c.enabled)
                  for c in self.settings.directory.connectors]
+        demo = False
         if not seeds and self.settings.source == "<embedded default>":
             if not await self.store.connectors():
-                seeds = [DEMO_CONNECTOR]
+                seeds, demo = [DEMO_CONNECTOR], True
+        existing = {c.name for c in await self.store.connectors()}
         for connector in seeds:
-            if await self.store.save_connector(connector, create_only=True):
-                log.info("directory: created connector %r <%s> from %s", connector.name,
-                         connector.primary_address, self.settings.source)
+            if connector.name in existing:
+                continue
+            own_fallback = any(r.fallback and r.connector == connector.name
+                               for r in self.settings.directory.routes)
+            await self.ops.add_connector(connector, send_automated_emails=demo,
+                                         with_fallback=not own_fallback)
+            log.info("directory: created connector %r <%s> from %s", connector.name,
+                     connector.primary_address, self.settings.source)
+            for seed in self.settings.directory.routes:
+                if seed.connector == connector.name:
+                    await self.ops.add_route(_route_from_seed(seed))
 
     async def reload_directory(self) -> None:
-        """Rebuild the RCPT snapshot from the store (after any directory change)."""
-        self.addresses = AddressBook(await self.store.connectors())
+        """Rebuild the snapshot intake and the pipeline read (after any directory change)."""
+        async def load(db) -> Directory:
+            txn = Txn(db)
+            return Directory(await self.store.connectors(), await txn.routes(),
+                             await txn.contacts())
+        self.directory = await self.store.read(load)
+
+    @property
+    def addresses(self) -> AddressBook:
+        return self.directory.book
 
     async def _listen(self, protocol: str, session_cls: type, section, tls) -> Listener:
         host, port = parse_listen(section.listen)
@@ -203,6 +237,9 @@ class Gateway:
 
     # -- run and stop ------------------------------------------------------------------
 
+    def _wake_pipeline(self) -> None:
+        self.pipeline.wake()
+
     def _count_received(self, source: str, connector: str, size: int) -> None:
         # Labelled children are cached: .labels() per message was ~4% of the
         # CPU in the bench profile.
@@ -242,7 +279,25 @@ class Gateway:
         await asyncio.sleep(0)
         if self.http_runner is not None:
             await self.http_runner.cleanup()
+        await self.pipeline.stop()
         await self.store.close()
         self.metrics.draining.set(0)
         log.info("stopped after draining for %.2fs", time.monotonic() - started)
         self._stopped.set()
+
+
+def _route_from_seed(seed: BootstrapRoute) -> Route:
+    rules = RouteRules(important=True if seed.important else None,
+                       attachment_types=seed.attachment_types,
+                       subject_keywords=seed.subject_keywords,
+                       sender_companies=seed.sender_companies,
+                       sender_list_includes=seed.sender_list_includes,
+                       recipient_list_includes=seed.recipient_list_includes)
+    target = RouteTarget(kind=seed.kind, process=seed.process, customer=seed.customer,
+                         contract=seed.contract, service=seed.service,
+                         ticket_category=seed.ticket_category)
+    return Route(id=0, name=seed.name or seed.email_address, connector=seed.connector,
+                 email_address=seed.email_address, order=0, folder_path=seed.folder_path,
+                 rules=rules, target=target, send_automated_emails=seed.send_automated_emails,
+                 ack_cc=seed.ack_cc, test_mode=seed.test_mode, enabled=seed.enabled,
+                 fallback=seed.fallback)

@@ -87,6 +87,7 @@ class MatchingSection:
 @dataclass(frozen=True)
 class AutogenSection:
     extended: bool = True
+    disabled: tuple[str, ...] = ()      # R-A2 rules turned off one by one
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,35 @@ class BootstrapConnector:
 
 
 @dataclass(frozen=True)
+class BootstrapRoute:
+    """A route the config file seeds for a connector that has none yet (R-R1..R-R7)."""
+    connector: str = ""
+    name: str = ""
+    email_address: str = ""
+    folder_path: str = ""
+    kind: str = "Ticket"
+    process: str = ""
+    customer: str = ""
+    contract: str = ""
+    service: str = ""
+    ticket_category: str = ""
+    send_automated_emails: bool = False
+    ack_cc: bool = False
+    test_mode: bool = False
+    enabled: bool = True
+    fallback: bool = False
+    important: bool = False
+    attachment_types: str = ""
+    subject_keywords: str = ""
+    sender_companies: str = ""
+    sender_list_includes: str = ""
+    recipient_list_includes: str = ""
+
+
+@dataclass(frozen=True)
 class DirectorySection:
     connectors: tuple[BootstrapConnector, ...] = ()
+    routes: tuple[BootstrapRoute, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,12 +195,16 @@ CHOICES = {
     ("matching", "mode"): ("off", "mixed", "plus_only"),
     ("outbound.default_gateway", "tls"): ("none", "starttls", "implicit"),
     ("directory.connectors", "service"): ("lmtp",),
+    ("directory.routes", "kind"): ("Ticket", "Case"),
 }
 SECRET_FILES = {"admin_token_file": "admin_token", "auth_password_file": "auth_password",
                 "password_file": "password"}
 LISTEN_KEYS = {("lmtp", "listen"), ("smtp", "listen"), ("http", "listen")}
 POSITIVE_KEYS = {"max_message_size", "max_recipients", "max_line_length", "max_header_count",
                  "commit_batch_max", "window_days", "timeout", "drain_timeout"}
+
+
+TABLE_ARRAYS = {"connectors": BootstrapConnector, "routes": BootstrapRoute, "dkim": DkimKey}
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -274,8 +306,8 @@ class _Loader:
                     continue
                 values[key] = self.build(type(default), value, f"{section}.{key}" if section else key)
                 continue
-            if isinstance(default, tuple) and key in ("connectors", "dkim"):
-                element = BootstrapConnector if key == "connectors" else DkimKey
+            if isinstance(default, tuple) and key in TABLE_ARRAYS:
+                element = TABLE_ARRAYS[key]
                 if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                     self.problem(section, key, f"{name} must be written as [[{section}.{key}]] tables")
                     continue
@@ -315,7 +347,7 @@ def _env_overrides(env: dict[str, str]) -> tuple[dict, list[str]]:
     def walk(cls: type, path: tuple[str, ...]) -> None:
         for f in dataclasses.fields(cls):
             default = getattr(cls(), f.name)
-            if f.name == "source" or (isinstance(default, tuple) and f.name in ("connectors", "dkim")):
+            if f.name == "source" or (isinstance(default, tuple) and f.name in TABLE_ARRAYS):
                 continue
             if dataclasses.is_dataclass(default):
                 walk(type(default), path + (f.name,))
@@ -439,6 +471,16 @@ def _check_cross_field(settings: Settings, loader: _Loader) -> None:
         loader.problem("outbound.default_gateway", "host",
                        "[outbound] enabled = true needs a system default gateway: set "
                        "[outbound.default_gateway] host (R-O1)")
+    named = {c.name for c in settings.directory.connectors}
+    for route in settings.directory.routes:
+        if route.connector not in named:
+            loader.problem("directory.routes", "connector",
+                           f"[[directory.routes]] {route.name or route.email_address!r}: connector "
+                           f"{route.connector!r} is not one of the [[directory.connectors]]")
+        if not route.email_address:
+            loader.problem("directory.routes", "email_address",
+                           "[[directory.routes]] needs email_address (an address of its "
+                           "connector, or \"*\")")
     seen: set[str] = set()
     for connector in settings.directory.connectors:
         if not connector.name or not connector.primary_address:

@@ -15,8 +15,8 @@ def normalize_address(address: str) -> str:
     local, at, domain = address.strip().rpartition("@")
     if not at:
         return address.strip().lower()
-    local = local.split("+", 1)[0]
-    return f"{local}@{domain}".lower()
+    mailbox = local.split("+", 1)[0]
+    return f"{mailbox or local}@{domain}".lower()
 
 
 class AddressBook:
@@ -37,3 +37,40 @@ class AddressBook:
 
     def __len__(self) -> int:
         return len(self._owners)
+
+
+class Directory:
+    """The directory as the pipeline reads it: an immutable snapshot, rebuilt on change.
+
+    Holds every connector (any protocol, for R-M4's "belongs to another
+    connector"), each connector's route index (R-R9) and the contact
+    directory used by R-R2's sender-company rule.
+    """
+
+    def __init__(self, connectors: list[Connector] = (), routes: list = (),  # type: ignore[assignment]
+                 contacts: dict[str, str] | None = None):
+        from gateway.routes import RouteIndex
+
+        self.connectors = {c.name: c for c in connectors}
+        self.book = AddressBook(list(connectors))
+        self.contacts = contacts or {}
+        self._owners: dict[str, str] = {}
+        self._addresses: dict[str, frozenset[str]] = {}
+        for connector in connectors:
+            mailboxes = frozenset(normalize_address(a) for a in connector.addresses())
+            self._addresses[connector.name] = mailboxes
+            if connector.enabled:
+                for mailbox in mailboxes:
+                    self._owners.setdefault(mailbox, connector.name)
+        by_connector: dict[str, list] = {name: [] for name in self.connectors}
+        for route in routes:
+            by_connector.setdefault(route.connector, []).append(route)
+        self.routes = {name: RouteIndex(rs) for name, rs in by_connector.items()}
+
+    def owner(self, address: str) -> str | None:
+        """The enabled connector (any protocol) whose address this is (tags ignored)."""
+        return self._owners.get(normalize_address(address))
+
+    def mailboxes(self, connector: str) -> frozenset[str]:
+        """A connector's primary address and aliases, normalised."""
+        return self._addresses.get(connector, frozenset())

@@ -60,10 +60,12 @@ class Intake:
     """Journals pushed mail; the protocols only speak the wire."""
 
     def __init__(self, store: SqliteStore, addresses: Callable[[], AddressBook],
-                 on_received: Callable[[str, str, int], None] | None = None):
+                 on_received: Callable[[str, str, int], None] | None = None,
+                 on_journaled: Callable[[], None] | None = None):
         self.store = store
         self._addresses = addresses
         self.on_received = on_received
+        self.on_journaled = on_journaled
 
     def connector_for(self, rcpt: str) -> str | None:
         return self._addresses().owner(rcpt)
@@ -93,6 +95,9 @@ class Intake:
                 email_ids = {copy.connector: email_id for copy, email_id in zip(copies, ids)}
             except StoreError as exc:
                 error = str(exc)
+            else:
+                if self.on_journaled is not None:
+                    self.on_journaled()
         if self.on_received is not None:
             for copy in copies:
                 if copy.connector in email_ids:

@@ -35,6 +35,7 @@ class Connector:
     enabled: bool = True
     direction: str = "incoming"
     protocol: str = "lmtp"
+    route_on_envelope: bool = False
 
     def addresses(self) -> tuple[str, ...]:
         return (self.primary_address, *self.aliases)
@@ -60,3 +61,110 @@ class EmailRecord:
     peer: str | None = None
     helo: str | None = None
     folder_path: str | None = None
+
+
+# -- work items (R-W1, R-W2) ------------------------------------------------------------
+
+KIND_LETTERS = {"Ticket": "T", "Case": "C", "Action": "A"}
+LETTER_KINDS = {v: k for k, v in KIND_LETTERS.items()}
+STATES = ("DRAFT", "TO_DO", "IN_PROGRESS", "WAITING", "RESOLVED", "CLOSED")
+WAIT_TYPES = ("more_info", "other")
+MODES = ("live", "test")
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """A Ticket, Case or Action (R-W1). Field names are the API's JSON names."""
+    ref: str                      # "<number>-<T|C|A>"
+    kind: str                     # Ticket | Case | Action
+    uuid: str                     # random; used in Message-IDs and the body tag
+    connector: str
+    mode: str = "live"
+    state: str = "TO_DO"
+    wait_type: str | None = None
+    new_info: bool = False
+    parent: str | None = None
+    split_into: list[str] = field(default_factory=list)
+    merged_into: str | None = None
+    converted_to: str | None = None
+    linked: list[str] = field(default_factory=list)
+    copied_from: str | None = None
+    contacts: list[str] = field(default_factory=list)
+    custom_data: dict = field(default_factory=dict)
+    send_automated_emails: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def number(self) -> int:
+        return int(self.ref.split("-", 1)[0])
+
+
+# -- routes (R-R1 .. R-R9) ----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RouteRules:
+    """R-R2 routing rules; an empty/None rule is not checked. JSON names as in the API."""
+    important: bool | None = None
+    attachment_types: str = ""          # ".pdf; .docx"
+    subject_keywords: str = ""          # "urgent; support"
+    sender_companies: str = ""          # "ACME; Initech"
+    sender_list_includes: str = ""      # "a@x.com; *@y.com; *z.com"
+    recipient_list_includes: str = ""
+
+    def empty(self) -> bool:
+        return (self.important is None and not self.attachment_types
+                and not self.subject_keywords and not self.sender_companies
+                and not self.sender_list_includes and not self.recipient_list_includes)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTarget:
+    kind: str = "Ticket"                # Ticket | Case
+    process: str = ""
+    customer: str = ""
+    contract: str = ""
+    service: str = ""
+    ticket_category: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    id: int
+    name: str
+    connector: str
+    email_address: str                  # one of the connector's addresses, or "*"
+    order: int
+    folder_path: str = ""               # blank or "*" = any (R-R3)
+    rules: RouteRules = field(default_factory=RouteRules)
+    target: RouteTarget = field(default_factory=RouteTarget)
+    send_automated_emails: bool = False
+    ack_cc: bool = False
+    test_mode: bool = False
+    enabled: bool = True
+    fallback: bool = False
+
+    @property
+    def wildcard(self) -> bool:
+        return self.email_address == "*"
+
+
+# -- what the pipeline decides (SPEC §3, R-U1) --------------------------------------------
+
+OUTCOMES = ("appended", "created", "ignored", "duplicate", "own_mail", "unprocessed")
+UNPROCESSED_REASONS = ("no_visible_address", "no_route", "alias_without_route",
+                       "mixed_live_test", "unparseable", "rejected_by_rule")
+
+
+@dataclass(slots=True)
+class TraceLine:
+    """One stage's line in the decision trace (SPEC §3)."""
+    stage: str
+    verdict: str                        # "pass" or the verdict that ended the pipeline
+    reason: str = ""
+    matched: list[str] = field(default_factory=list)
+    duration_ms: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"stage": self.stage, "verdict": self.verdict, "reason": self.reason,
+                "matched": self.matched, "duration_ms": round(self.duration_ms, 3)}

@@ -40,6 +40,7 @@ class _Job:
     future: asyncio.Future
     copies: list[Copy] | None = None
     work: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None
+    dry_run: bool = False
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -134,10 +135,20 @@ class SqliteStore:
         future = (self._loop or asyncio.get_running_loop()).create_future()
         return await self._submit(_Job(future, copies=copies))
 
-    async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
-        """Run ``work`` in its own transaction on the writer connection."""
+    async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]], *,
+                    dry_run: bool = False) -> Any:
+        """Run ``work`` in its own transaction on the writer connection.
+
+        With ``dry_run`` the transaction is rolled back: ``mailgate explain``
+        runs the real pipeline and keeps nothing.
+        """
         future = asyncio.get_running_loop().create_future()
-        return await self._submit(_Job(future, work=work))
+        return await self._submit(_Job(future, work=work, dry_run=dry_run))
+
+    async def read(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
+        """Run ``work`` on the reader connection (committed data only)."""
+        assert self._reader is not None, "store is not open"
+        return await work(self._reader)
 
     async def _run_writer(self) -> None:
         while True:
@@ -214,7 +225,10 @@ class SqliteStore:
         assert db is not None and job.work is not None
         try:
             result = await job.work(db)
-            await db.commit()
+            if job.dry_run:
+                await db.rollback()
+            else:
+                await db.commit()
         except Exception as exc:
             await self._rollback_quietly()
             if not job.future.done():
@@ -241,13 +255,14 @@ class SqliteStore:
     async def connectors(self) -> list[Connector]:
         assert self._reader is not None
         async with self._reader.execute(
-                "SELECT name, service, primary_address, aliases, enabled, direction, protocol"
-                " FROM connectors ORDER BY name") as cursor:
+                "SELECT name, service, primary_address, aliases, enabled, direction, protocol,"
+                " route_on_envelope FROM connectors ORDER BY name") as cursor:
             rows = await cursor.fetchall()
         return [Connector(name=r["name"], service=r["service"],
                           primary_address=r["primary_address"],
                           aliases=tuple(json.loads(r["aliases"])), enabled=bool(r["enabled"]),
-                          direction=r["direction"], protocol=r["protocol"]) for r in rows]
+                          direction=r["direction"], protocol=r["protocol"],
+                          route_on_envelope=bool(r["route_on_envelope"])) for r in rows]
 
     async def save_connector(self, connector: Connector, *, create_only: bool = False) -> bool:
         """Insert or update ``connector``; with ``create_only`` leave an existing one.
@@ -257,13 +272,19 @@ class SqliteStore:
         now = time.time()
 
         async def work(db: aiosqlite.Connection) -> bool:
-            verb = "INSERT OR IGNORE" if create_only else "INSERT OR REPLACE"
+            on_conflict = ("DO NOTHING" if create_only else
+                           "DO UPDATE SET service = excluded.service, direction = excluded.direction,"
+                           " protocol = excluded.protocol, primary_address = excluded.primary_address,"
+                           " aliases = excluded.aliases, enabled = excluded.enabled,"
+                           " route_on_envelope = excluded.route_on_envelope,"
+                           " updated_at = excluded.updated_at")
             cursor = await db.execute(
-                f"{verb} INTO connectors (name, service, direction, protocol, primary_address,"
-                " aliases, enabled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO connectors (name, service, direction, protocol, primary_address,"
+                " aliases, enabled, route_on_envelope, created_at, updated_at)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) {on_conflict}",
                 (connector.name, connector.service, connector.direction, connector.protocol,
                  connector.primary_address, json.dumps(list(connector.aliases)),
-                 int(connector.enabled), now, now))
+                 int(connector.enabled), int(connector.route_on_envelope), now, now))
             return cursor.rowcount > 0
 
         return await self.write(work)

@@ -73,9 +73,9 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
             if owner is not None and owner != connector.name:
                 return api_error(409, "conflict", f"R-C1: {address} already belongs to "
                                  f"connector {owner!r}", "primary_address")
-        if not await gateway.store.save_connector(connector, create_only=True):
+        if connector.name in gateway.directory.connectors:
             return api_error(409, "conflict", f"connector {connector.name!r} exists", "name")
-        await gateway.reload_directory()
+        await gateway.ops.add_connector(connector)
         return web.json_response(connector_json(connector), status=201)
 
     async def one(request: web.Request) -> web.Response:
@@ -87,10 +87,9 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
 
     async def delete(request: web.Request) -> web.Response:
         gateway = request.app[key]
-        if not await gateway.store.delete_connector(request.match_info["name"]):
+        if not await gateway.ops.delete_connector(request.match_info["name"]):
             return api_error(404, "not_found", f"no connector {request.match_info['name']!r}",
                              "name")
-        await gateway.reload_directory()
         return web.Response(status=204)
 
     router.add_get("/api/v1/connectors", list_all)

@@ -1,0 +1,497 @@
+"""Mail: the pipeline's read-only view of one journaled copy (DESIGN "A stage").
+
+Every view is computed on first use and cached, so a stage pays only for what it reads:
+the sent-ID check (R-S1) reads one header, dedup (R-D1) the text body and attachments,
+routing (R-R2) a few headers. Headers come from a small splitter that follows the stdlib
+feed parser's line rules, and only the fields a stage asks for are decoded; the body views
+run the email package with ``compat32``. ``policy.default`` header objects cost ~16% of a
+message's CPU and go quadratic on crafted headers (notes/reliability A12), so the strict
+headerregistry parser is used only for address headers a fast path cannot read (A7).
+
+Hostile input never raises (A11-A13). An oversized or over-long header block, deep MIME
+nesting and floods of parts are refused before the parser sees them. The reason goes into
+``parse_error`` and the affected views are empty. 8-bit text is decoded with replacement.
+"""
+from __future__ import annotations
+
+import binascii
+import codecs
+import hashlib
+import html
+import re
+from dataclasses import dataclass
+from email import _header_value_parser as _addr_parser  # what headerregistry parses with
+from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
+from email.generator import BytesGenerator
+from email.parser import BytesParser
+from email.policy import compat32
+from functools import lru_cache
+from io import BytesIO
+from typing import NamedTuple
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """Caps on hostile input (reliability A11, A12); over one → ``Mail.parse_error``."""
+    max_header_bytes: int = 256 * 1024
+    max_mime_depth: int = 50
+    max_parts: int = 1000
+    max_header_fields: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A part with a filename or ``Content-Disposition: attachment`` (R-D1, R-R2)."""
+    name: str
+    sha256: str
+    size: int
+    content_type: str
+
+
+DEFAULT_LIMITS = ParseLimits()
+_PARSER = BytesParser(policy=compat32)
+_EOL = rb"(?:\r\n|\r(?!\n)|\n)"
+_HEADER_END = re.compile(rb"(?:\A|" + _EOL + rb")" + _EOL)      # feedparser: first empty line
+_LINE = re.compile(r"\r\n|\r|\n")
+_FIELD = re.compile(r"([\x21-\x39\x3b-\x7e]*):")                 # feedparser's headerRE
+_UNSAFE = re.compile(r"[\r\n\x00]")
+_ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([QqBb])\?([^?\s]*)\?=")
+_MSG_ID = re.compile(r"<\s*([^<>\s]{1,993})\s*>")
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
+_DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
+_ADDR = rf"{_DOT_ATOM}@{_DOT_ATOM}"
+_QUOTED = r'"(?:[ \t!#-\[\]-~]|\\[ -~])*"'
+# One list item in the common shapes: `a@b` or `Name <a@b>` / `"Name, Q." <a@b>`.
+_SIMPLE_ITEM = re.compile(rf"[ \t]*({_ADDR})[ \t]*(?=,|\Z)"
+                          rf"|[ \t]*(?:(?:[{_ATEXT}]|{_QUOTED})(?:[. \t{_ATEXT}]|{_QUOTED})*)?"
+                          rf"<({_ADDR})>[ \t]*(?=,|\Z)")
+_ITEM_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|\((?:[^()\\]|\\.)*(?:\)|\Z)'
+                         r'|<[^<>]*>?|[^",(<]+|,|.', re.S)
+_STRICT_MAX = 8192
+_NEEDS_QUOTES = re.compile(r'[\x00-\x20()<>\[\]:;@\\,"]|^\.|\.$|\.\.')
+_TOLERATED = (ObsoleteHeaderDefect, NonASCIILocalPartDefect)
+_SHAPE = re.compile(rb"(?:\A|(?<=[\r\n]))(?:content-type:[ \t]*([^\r\n]*(?:" + _EOL
+                    + rb"[ \t][^\r\n]*)*)|--([^\r\n]*))", re.I)
+_BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"]*)"|([^;\s]+))', re.I)
+_HTML_DROP = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|\Z)", re.I | re.S)
+_HTML_BREAK = re.compile(r"<(?:br|/p|/div|/tr|/li|/h[1-6])\b[^<>]*>", re.I)
+_HTML_TAG = re.compile(r"<[^<>]*>")
+
+
+class _lazy:
+    """A cached property. functools.cached_property in 3.11 holds one lock per property
+    for all instances while computing, so the event loop would wait on a worker thread
+    parsing another, large message (removed in 3.12). Racing threads compute the same value."""
+
+    def __init__(self, compute):
+        self.compute, self.__doc__ = compute, compute.__doc__
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, mail, owner=None):
+        if mail is None:
+            return self
+        value = mail.__dict__[self.name] = self.compute(mail)
+        return value
+
+
+class _Refused(Exception):
+    """A guard's reason, raised from the tree walk."""
+
+
+class _Body(NamedTuple):
+    error: str | None
+    text: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    child_types: tuple[str, ...] = ()
+
+
+class Mail:
+    """One journaled copy (R-I7) with lazily parsed, cached, read-only views."""
+
+    def __init__(self, raw: bytes, *, email_id: int | None = None, connector: str | None = None,
+                 source: str = "", mail_from: str | None = None, rcpt_to: tuple[str, ...] = (),
+                 folder_path: str | None = None, limits: ParseLimits = DEFAULT_LIMITS):
+        self.raw = raw
+        self.email_id = email_id
+        self.connector = connector
+        self.source = source
+        self.mail_from = mail_from
+        self.rcpt_to = tuple(rcpt_to)
+        self.folder_path = folder_path
+        self.limits = limits
+
+    def __repr__(self) -> str:
+        return f"<Mail id={self.email_id} connector={self.connector} size={len(self.raw)}>"
+
+    # -- headers ---------------------------------------------------------------------
+
+    @_lazy
+    def _header(self) -> tuple[dict[str, list[str]], str | None]:
+        """Raw (unfolded, undecoded) values by lower-case name, and the A12 guard's verdict."""
+        index: dict[str, list[str]] = {}
+        fields, error = _split_header(self.raw, self.limits)
+        for name, value in fields:
+            index.setdefault(name, []).append(value)
+        return index, error
+
+    def headers(self, name: str) -> list[str]:
+        """Every ``name`` field, RFC 2047-decoded; CR, LF and NUL become spaces (A6)."""
+        return [_display(value) for value in self._header[0].get(name.lower(), ())]
+
+    def header(self, name: str) -> str | None:
+        values = self._header[0].get(name.lower())
+        return _display(values[0]) if values else None
+
+    def has_header(self, name: str) -> bool:
+        return name.lower() in self._header[0]
+
+    @_lazy
+    def message_id(self) -> str | None:
+        """The first Message-ID as ``<id>`` (R-S1, R-D1 F3), or None."""
+        ids = _msg_ids(self._header[0].get("message-id", [""])[0])
+        return ids[0] if ids else None
+
+    @_lazy
+    def in_reply_to(self) -> list[str]:
+        return _msg_ids(" ".join(self._header[0].get("in-reply-to", ())))
+
+    @_lazy
+    def references(self) -> list[str]:
+        return _msg_ids(" ".join(self._header[0].get("references", ())))
+
+    @_lazy
+    def subject(self) -> str:
+        return self.header("subject") or ""
+
+    @_lazy
+    def from_address(self) -> str | None:
+        """The author's lower-case addr-spec, or None when it is not exactly one mailbox.
+
+        Two different From fields, several mailboxes or one the strict parser calls invalid
+        are ambiguous: the sender is unknown and matches no participant (A7, R14).
+        """
+        values = self._header[0].get("from", ())
+        if len(set(values)) != 1:
+            return None
+        found, invalid = _addresses(values[0])
+        return found[0] if len(found) == 1 and not invalid else None
+
+    @_lazy
+    def to_addresses(self) -> list[str]:
+        return self._address_list("to")
+
+    @_lazy
+    def cc_addresses(self) -> list[str]:
+        return self._address_list("cc")
+
+    def _address_list(self, name: str) -> list[str]:
+        """Valid mailboxes of every ``name`` field; invalid items are dropped (A7)."""
+        found: list[str] = []
+        for value in self._header[0].get(name, ()):
+            found.extend(_addresses(value)[0])
+        return list(dict.fromkeys(found))
+
+    @_lazy
+    def content_type(self) -> str:
+        """Top-level ``maintype/subtype`` as compat32 reads it (text/plain when invalid)."""
+        if self._header[1]:
+            return ""
+        value = self._header[0].get("content-type", [""])[0]
+        ctype = value.partition(";")[0].strip().lower()
+        return ctype if ctype.count("/") == 1 else "text/plain"
+
+    @_lazy
+    def important(self) -> bool:
+        """R-R2 important flag: ``Importance: high`` or ``X-Priority`` 1 or 2."""
+        if (self.header("importance") or "").strip().lower() == "high":
+            return True
+        priority = re.match(r"\s*([0-9]+)", self.header("x-priority") or "")
+        return priority is not None and priority[1] in ("1", "2")
+
+    # -- body --------------------------------------------------------------------------
+
+    @_lazy
+    def _body(self) -> _Body:
+        if self._header[1]:
+            return _Body(self._header[1])
+        try:
+            reason = _prescan(self.raw, self.limits)
+            return _Body(reason) if reason else _extract(_PARSER.parsebytes(self.raw), self.limits)
+        except _Refused as exc:
+            return _Body(exc.args[0])
+        except RecursionError:
+            return _Body("mime_too_deep")
+        except Exception as exc:  # anything the email package throws: never the runner's problem
+            return _Body(f"parser_error: {type(exc).__name__}")
+
+    @property
+    def text_body(self) -> str:
+        """text/plain parts that are not attachments; else the HTML parts, roughly stripped."""
+        return self._body.text
+
+    @property
+    def attachments(self) -> list[Attachment]:
+        return list(self._body.attachments)
+
+    @property
+    def child_content_types(self) -> list[str]:
+        """Content types of the top-level multipart's direct children (R-A1 reports)."""
+        return list(self._body.child_types)
+
+    @property
+    def parse_error(self) -> str | None:
+        """Why this copy cannot be read in full, or None. Forces the body parse."""
+        return self._header[1] or self._body.error
+
+    def parse_all(self) -> str | None:
+        """Compute every view, so that later reads are free (the runner runs this in a
+        thread with a deadline for large messages, A12); returns ``parse_error``."""
+        for name in ("message_id", "in_reply_to", "references", "subject", "from_address",
+                     "to_addresses", "cc_addresses", "content_type", "important", "_body"):
+            getattr(self, name)
+        return self.parse_error
+
+
+def _split_header(raw: bytes, limits: ParseLimits) -> tuple[list[tuple[str, str]], str | None]:
+    """(lower-case name, unfolded value) pairs, split as the feed parser splits them."""
+    block, eol = _header_block(raw, limits.max_header_bytes)
+    if block is None:
+        return [], "header_too_large"
+    text = block.decode("utf-8", "replace")
+    fields: list[tuple[str, list[str]]] = []
+    for line in (text.split(eol) if eol else _LINE.split(text)):
+        if line[:1] in (" ", "\t"):
+            if fields:
+                fields[-1][1].append(line)
+            continue
+        match = _FIELD.match(line)
+        if match is None:
+            if line.startswith("From "):      # mbox separator
+                continue
+            break                              # the feed parser starts the body here
+        if not match[1]:
+            continue
+        if len(fields) == limits.max_header_fields:
+            return [], "too_many_header_fields"
+        fields.append((match[1].lower(), [line[match.end():].lstrip(" \t")]))
+    return [(name, "".join(parts)) for name, parts in fields], None
+
+
+def _header_block(raw: bytes, limit: int) -> tuple[bytes | None, str | None]:
+    """The header block up to the first empty line (CRLF, LF or bare CR line ends, as the
+    feed parser reads them) and its line end if it uses one throughout; None over ``limit``.
+    Plain finds serve consistent line ends; only mixed ones pay for the regex."""
+    ends = [i for i in (raw.find(b"\r\n\r\n", 0, limit + 4), raw.find(b"\n\n", 0, limit + 2))
+            if i >= 0]
+    if ends:
+        block = raw[:min(ends)]
+        crs = block.count(b"\r")
+        if crs == 0 or crs == block.count(b"\r\n") == block.count(b"\n"):
+            return (block if len(block) <= limit else None), ("\r\n" if crs else "\n")
+    end = _HEADER_END.search(raw, 0, limit + 4)
+    block = raw[:end.start()] if end else raw
+    return (block if len(block) <= limit else None), None
+
+
+def decode_words(value: str) -> str:
+    """RFC 2047 encoded-words → text. Adjacent words of one charset are joined as bytes
+    before decoding (senders split multi-byte characters); whitespace between them goes.
+    Malformed words stay as written. Linear, unlike policy.default on A12 subjects."""
+    if "=?" not in value:
+        return value
+    out: list = []
+    pos = 0
+    for word in _ENCODED_WORD.finditer(value):
+        try:
+            data = (binascii.a2b_base64(word[3] + "=" * (-len(word[3]) % 4), strict_mode=True)
+                    if word[2] in "Bb" else binascii.a2b_qp(word[3].encode("ascii"), header=True))
+        except (binascii.Error, ValueError):
+            continue
+        gap, charset = value[pos:word.start()], word[1].lower()
+        adjacent = bool(out) and not isinstance(out[-1], str) and not gap.strip(" \t")
+        if adjacent and out[-1][0] == charset:
+            out[-1][1].extend(data)
+        else:
+            if gap and not adjacent:
+                out.append(gap)
+            out.append((charset, bytearray(data)))
+        pos = word.end()
+    out.append(value[pos:])
+    return "".join(p if isinstance(p, str) else _text(bytes(p[1]), p[0]) for p in out)
+
+
+def _display(value: str) -> str:
+    return _UNSAFE.sub(" ", decode_words(value)).strip()
+
+
+@lru_cache(maxsize=256)
+def _codec(charset: str | None) -> str:
+    """A text codec for ``charset``. US-ASCII (often a lie for 8-bit mail, A13) and unknown
+    names read as UTF-8; non-text codecs (zlib, base64…) are never used: no decompression."""
+    try:
+        info = codecs.lookup(charset or "utf-8")
+    except (LookupError, ValueError, TypeError):
+        return "utf-8"
+    if not getattr(info, "_is_text_encoding", True) or info.name == "ascii":
+        return "utf-8"
+    return info.name
+
+
+def _text(data: bytes, charset: str | None) -> str:
+    return data.decode(_codec(charset), "replace")
+
+
+def _unescape(value: str) -> str:
+    """compat32 keeps 8-bit header bytes as surrogates; read them as UTF-8."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _msg_ids(value: str) -> list[str]:
+    """``<id>`` tokens in order, without repeats; a lone bare ``id@host`` is bracketed."""
+    ids = [f"<{i}>" for i in _MSG_ID.findall(value)]
+    bare = value.strip()
+    if not ids and "@" in bare and not re.search(r"[\s<>]", bare) and len(bare) <= 993:
+        ids = [f"<{bare}>"]
+    return list(dict.fromkeys(ids))
+
+
+def _addresses(value: str) -> tuple[list[str], bool]:
+    """Lower-case addr-specs of an address-list field, and whether any item was invalid.
+
+    Common shapes are read by ``_SIMPLE_ITEM``; anything else (comments, groups, encoded
+    words, non-ASCII, crafted input) goes to the strict parser headerregistry uses (A7),
+    which never yields the wrong addr-spec for ``alice@example.org <evil@attacker.test>``.
+    That parser is quadratic in the field's length (A12), so long fields go item by item.
+    """
+    if "=?" not in value:
+        found, pos = [], 0
+        while (item := _SIMPLE_ITEM.match(value, pos)) is not None:
+            found.append((item[1] or item[2]).lower())
+            if item.end() == len(value):
+                return found, False
+            pos = item.end() + 1
+    if len(value) <= _STRICT_MAX:
+        return _strict_addresses(value)
+    found, invalid = [], False
+    for item in _split_items(value):
+        more, bad = _addresses(item) if len(item) <= _STRICT_MAX else ([], True)
+        found.extend(more)
+        invalid = invalid or bad
+    return found, invalid
+
+
+def _strict_addresses(value: str) -> tuple[list[str], bool]:
+    found, invalid = [], False
+    try:
+        tree, _ = _addr_parser.get_address_list(value)
+    except Exception:  # a parser bug on crafted input: nothing here is trustworthy
+        return [], True
+    for box in tree.all_mailboxes:
+        if (box.token_type != "mailbox" or not box.local_part or not box.domain
+                or any(not isinstance(d, _TOLERATED) for d in box.all_defects)):
+            invalid = True
+            continue
+        local = box.local_part
+        if _NEEDS_QUOTES.search(local):
+            local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        found.append(f"{local}@{box.domain}".lower())
+    return found, invalid
+
+
+def _split_items(value: str) -> list[str]:
+    """Split at commas outside quoted strings, comments and angle brackets."""
+    items, current = [], []
+    for token in _ITEM_TOKEN.findall(value):
+        if token == ",":
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(token)
+    return items + ["".join(current)]
+
+
+def _prescan(raw: bytes, limits: ParseLimits) -> str | None:
+    """A11: refuse deep nesting and part floods in one pass over the bytes, before the
+    feed parser (which recurses per level and checks every open boundary on every line).
+    Tracks open multipart boundaries and message/* levels the way the feed parser does."""
+    lowered = raw.lower()
+    if (lowered.count(b"content-type:") <= limits.max_mime_depth
+            and raw.count(b"\n--") + raw.count(b"\r--") < limits.max_parts):
+        return None                            # cannot be over either limit: skip the scan
+    open_: list[bytes | None] = []
+    parts = 0
+    for shape in _SHAPE.finditer(raw):
+        if shape[1] is not None:
+            ctype = shape[1].split(b";", 1)[0].strip().lower()
+            if ctype.startswith(b"multipart/"):
+                boundary = _BOUNDARY.search(shape[1])
+                if boundary:
+                    open_.append((boundary[1] if boundary[1] is not None else boundary[2]).rstrip())
+            elif ctype.startswith(b"message/") and ctype != b"message/delivery-status":
+                open_.append(None)
+            if len(open_) > limits.max_mime_depth:
+                return "mime_too_deep"
+            continue
+        line = shape[2].rstrip(b" \t")
+        for i in range(len(open_) - 1, -1, -1):
+            if open_[i] is not None and line == open_[i]:
+                del open_[i + 1:]
+                parts += 1
+                break
+            if open_[i] is not None and line == open_[i] + b"--":
+                del open_[i:]
+                break
+        if parts > limits.max_parts:
+            return "too_many_parts"
+    return None
+
+
+def _extract(root, limits: ParseLimits) -> _Body:
+    """Walk the parsed tree (iteratively, re-checking the A11 caps) into the body views."""
+    plain: list[str] = []
+    markup: list[str] = []
+    attachments: list[Attachment] = []
+    child_types = tuple(c.get_content_type() for c in root.get_payload()) \
+        if root.get_content_maintype() == "multipart" and root.is_multipart() else ()
+    stack, count = [(root, 0)], 0
+    while stack:
+        part, depth = stack.pop()
+        ctype = part.get_content_type()
+        filename = part.get_filename()
+        is_attachment = bool(filename) or part.get_content_disposition() == "attachment"
+        if part.is_multipart():
+            if ctype.startswith("message/") and is_attachment:
+                buffer = BytesIO()
+                BytesGenerator(buffer, mangle_from_=False, maxheaderlen=0).flatten(
+                    part.get_payload(0))
+                content = buffer.getvalue()
+            elif ctype == "message/delivery-status":
+                continue
+            else:
+                if depth + 1 > limits.max_mime_depth:
+                    raise _Refused("mime_too_deep")
+                children = part.get_payload()
+                count += len(children)
+                if count > limits.max_parts:
+                    raise _Refused("too_many_parts")
+                stack.extend((child, depth + 1) for child in reversed(children))
+                continue
+        else:
+            content = part.get_payload(decode=True) or b""
+        if is_attachment:
+            attachments.append(Attachment(_display(_unescape(filename or "")),
+                                          hashlib.sha256(content).hexdigest(), len(content), ctype))
+        elif ctype == "text/plain":
+            plain.append(_text(content, part.get_content_charset()))
+        elif ctype == "text/html":
+            markup.append(_text(content, part.get_content_charset()))
+    text = "\n".join(p for p in plain if p) if plain else "\n".join(
+        _strip_html(m) for m in markup if m)
+    return _Body(None, text, tuple(attachments), child_types)
+
+
+def _strip_html(markup: str) -> str:
+    """Rough HTML → text for mail without a text/plain part; every regex is linear."""
+    return html.unescape(_HTML_TAG.sub("", _HTML_BREAK.sub("\n", _HTML_DROP.sub("", markup))))

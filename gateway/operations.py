@@ -1,0 +1,248 @@
+"""Host operations on work items and the directory (R-W3, R-C1, R-R*), for Python and HTTP.
+
+Each operation runs as one job on the store's single writer, so it is
+serialised with the pipeline: a transition and a message for the same item
+never interleave. The rules themselves are the pure functions of
+``gateway.workitems`` and ``gateway.routes``; this module loads, checks,
+saves and emits the events (R-E6).
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Awaitable, Callable
+
+import aiosqlite
+
+from gateway import workitems
+from gateway.model import Connector, Route, RouteTarget, WorkItem
+from gateway.routes import validate_route
+from gateway.workitems import Effects, RuleViolation
+from storage.sqlite import SqliteStore
+from storage.txn import Txn
+
+
+class Operations:
+    def __init__(self, store: SqliteStore, on_directory_change: Callable[[], Awaitable[None]]):
+        self.store = store
+        self.on_directory_change = on_directory_change
+
+    async def _in_txn(self, work: Callable[[Txn], Awaitable[Any]]) -> Any:
+        async def job(db: aiosqlite.Connection) -> Any:
+            return await work(Txn(db))
+        return await self.store.write(job)
+
+    @staticmethod
+    async def _save(txn: Txn, effects: Effects, event_data: dict | None = None) -> None:
+        for item in effects.items:
+            await txn.save_workitem(item)
+        for item in effects.created:
+            await txn.emit("workitem.created", ref=item.ref, kind=item.kind,
+                           connector=item.connector, mode=item.mode, **(event_data or {}))
+        for change in effects.changes:
+            await txn.emit("workitem.state_changed", ref=change.ref, old=change.old,
+                           new=change.new, wait_type=change.new_wait_type)
+
+    @staticmethod
+    async def _get(txn: Txn, ref: str, field: str = "ref") -> WorkItem:
+        canonical = workitems.canonical_ref(ref) or ref
+        item = await txn.workitem(canonical)
+        if item is None:
+            raise LookupError(f"no work item {ref!r}")
+        return item
+
+    # -- work items (R-W3) -----------------------------------------------------------
+
+    async def create_workitem(self, *, kind: str, connector: str, parent: str | None = None,
+                              mode: str = "live", state: str = "TO_DO",
+                              wait_type: str | None = None, custom_data: dict | None = None,
+                              contacts: list[str] | None = None,
+                              send_automated_emails: bool = False) -> WorkItem:
+        async def work(txn: Txn) -> WorkItem:
+            parent_item = await self._get(txn, parent, "parent") if parent else None
+            workitems.check_new(kind, state, parent_item, wait_type=wait_type, mode=mode)
+            number = await txn.next_number()
+            ref = workitems.format_ref(number, kind)
+            effects = workitems.create(ref, kind, str(uuid.uuid4()), connector, state=state,
+                                       wait_type=wait_type, mode=mode, parent=parent_item,
+                                       contacts=contacts or (), custom_data=custom_data,
+                                       send_automated_emails=send_automated_emails)
+            await self._save(txn, effects)
+            return effects.item(ref)
+        return await self._in_txn(work)
+
+    async def workitem(self, ref: str) -> WorkItem | None:
+        async def work(db: aiosqlite.Connection) -> WorkItem | None:
+            return await Txn(db).workitem(workitems.canonical_ref(ref) or ref)
+        return await self.store.read(work)
+
+    async def transition(self, ref: str, state: str, wait_type: str | None = None) -> WorkItem:
+        async def work(txn: Txn) -> WorkItem:
+            item = await self._get(txn, ref)
+            effects = workitems.transition(item, state, wait_type)
+            await self._save(txn, effects)
+            return effects.item(item.ref)
+        return await self._in_txn(work)
+
+    async def split(self, ref: str, children: int) -> list[WorkItem]:
+        if not isinstance(children, int) or not 1 <= children <= 100:
+            raise RuleViolation("R-W3", "children must be a number from 1 to 100", "children")
+
+        async def work(txn: Txn) -> list[WorkItem]:
+            item = await self._get(txn, ref)
+            refs = [workitems.format_ref(await txn.next_number(), "Ticket")
+                    for _ in range(children)]
+            effects = workitems.split(item, refs, [str(uuid.uuid4()) for _ in refs])
+            await self._save(txn, effects, {"split_from": item.ref})
+            return [effects.item(r) for r in refs]
+        return await self._in_txn(work)
+
+    async def merge(self, refs: list[str], into: str) -> WorkItem:
+        async def work(txn: Txn) -> WorkItem:
+            sources = [await self._get(txn, r) for r in refs]
+            target = await self._get(txn, into, "into")
+            effects = workitems.merge(sources, target)
+            await self._save(txn, effects)
+            return effects.item(target.ref)
+        return await self._in_txn(work)
+
+    async def convert(self, ref: str) -> WorkItem:
+        """A Ticket becomes a Case; returns the Case."""
+        async def work(txn: Txn) -> WorkItem:
+            ticket = await self._get(txn, ref)
+            case_ref = workitems.format_ref(await txn.next_number(), "Case")
+            effects = workitems.convert(ticket, case_ref, str(uuid.uuid4()))
+            await self._save(txn, effects, {"converted_from": ticket.ref})
+            return effects.item(case_ref)
+        return await self._in_txn(work)
+
+    async def link(self, ref: str, other: str) -> WorkItem:
+        async def work(txn: Txn) -> WorkItem:
+            a, b = await self._get(txn, ref), await self._get(txn, other, "ref")
+            effects = workitems.link(a, b)
+            await self._save(txn, effects)
+            return effects.item(a.ref)
+        return await self._in_txn(work)
+
+    async def set_parent(self, ref: str, parent: str | None) -> WorkItem:
+        async def work(txn: Txn) -> WorkItem:
+            child = await self._get(txn, ref)
+            parent_item = await self._get(txn, parent, "parent") if parent else None
+            known: dict[str, WorkItem] = {}
+
+            async def preload(start: WorkItem | None) -> None:
+                while start is not None and start.ref not in known and len(known) < 1000:
+                    known[start.ref] = start
+                    start = await txn.workitem(start.parent) if start.parent else None
+
+            await preload(parent_item)
+            effects = workitems.set_parent(child, parent_item, known.get)
+            await self._save(txn, effects)
+            return effects.item(child.ref)
+        return await self._in_txn(work)
+
+    async def workitem_emails(self, ref: str) -> list[int]:
+        async def work(db: aiosqlite.Connection) -> list[int]:
+            return await Txn(db).item_email_ids(workitems.canonical_ref(ref) or ref)
+        return await self.store.read(work)
+
+    # -- directory (R-C1, R-R*) ------------------------------------------------------
+
+    async def add_connector(self, connector: Connector, *, fallback_kind: str = "Ticket",
+                            send_automated_emails: bool = False,
+                            with_fallback: bool = True) -> Route | None:
+        """Create a connector with its fallback route (R-R7: every connector has exactly one;
+        R-C2: it cannot be enabled without one). Returns the fallback route."""
+        async def work(txn: Txn) -> Route:
+            await txn.db.execute(
+                "INSERT INTO connectors (name, service, direction, protocol, primary_address,"
+                " aliases, enabled, route_on_envelope, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (connector.name, connector.service, connector.direction, connector.protocol,
+                 connector.primary_address, json.dumps(list(connector.aliases)),
+                 int(connector.enabled), int(connector.route_on_envelope), txn.now, txn.now))
+            if not with_fallback:
+                return None
+            return await _ensure_fallback(txn, connector, fallback_kind, send_automated_emails)
+        route = await self._in_txn(work)
+        await self.on_directory_change()
+        return route
+
+    async def delete_connector(self, name: str) -> bool:
+        """Remove a connector and its routes; its work items and emails stay."""
+        async def work(txn: Txn) -> bool:
+            await txn.db.execute("DELETE FROM routes WHERE connector = ?", (name,))
+            cursor = await txn.db.execute("DELETE FROM connectors WHERE name = ?", (name,))
+            return cursor.rowcount > 0
+        deleted = await self._in_txn(work)
+        await self.on_directory_change()
+        return deleted
+
+    async def add_route(self, route: Route) -> Route:
+        """R-R1..R-R7 checks that need no store state beyond the connector's routes; a new
+        route goes to the end of its band (non-wildcard, then wildcard, before the fallback)."""
+        async def work(txn: Txn) -> Route:
+            connector = await _connector(txn, route.connector)
+            existing = await txn.routes(route.connector)
+            problems = validate_route(route, connector, existing)
+            if problems:
+                rule, field, message = problems[0]
+                raise RuleViolation(rule, message, field)
+            order = _end_of_band(existing, route)
+            saved = Route(**{**_route_fields(route), "id": 0, "order": order})
+            await _shift_fallback(txn, existing, order)
+            route_id = await txn.save_route(saved)
+            return Route(**{**_route_fields(saved), "id": route_id})
+        route = await self._in_txn(work)
+        await self.on_directory_change()
+        return route
+
+    async def add_contact(self, pattern: str, company: str) -> None:
+        await self._in_txn(lambda txn: txn.save_contact(pattern, company))
+        await self.on_directory_change()
+
+
+async def _connector(txn: Txn, name: str) -> Connector:
+    row = await txn._one("SELECT name, service, primary_address, aliases, enabled, direction,"
+                         " protocol, route_on_envelope FROM connectors WHERE name = ?", (name,))
+    if row is None:
+        raise LookupError(f"no connector {name!r}")
+    return Connector(name=row[0], service=row[1], primary_address=row[2],
+                     aliases=tuple(json.loads(row[3])), enabled=bool(row[4]), direction=row[5],
+                     protocol=row[6], route_on_envelope=bool(row[7]))
+
+
+async def _ensure_fallback(txn: Txn, connector: Connector, kind: str,
+                           send_automated_emails: bool) -> Route:
+    existing = [r for r in await txn.routes(connector.name) if r.fallback]
+    if existing:
+        return existing[0]
+    route = Route(id=0, name=f"{connector.name} fallback", connector=connector.name,
+                  email_address=connector.primary_address, order=1_000_000,
+                  target=RouteTarget(kind=kind), send_automated_emails=send_automated_emails,
+                  fallback=True)
+    route_id = await txn.save_route(route)
+    return Route(**{**_route_fields(route), "id": route_id})
+
+
+def _route_fields(route: Route) -> dict:
+    return {name: getattr(route, name) for name in Route.__dataclass_fields__}
+
+
+def _band(route: Route) -> int:
+    """R-R5: 0 non-wildcard, 1 wildcard, 2 fallback."""
+    return 2 if route.fallback else (1 if route.wildcard else 0)
+
+
+def _end_of_band(existing: list[Route], route: Route) -> int:
+    band = _band(route)
+    same_or_before = [r.order for r in existing if _band(r) <= band and not r.fallback]
+    return max(same_or_before, default=0) + 1
+
+
+async def _shift_fallback(txn: Txn, existing: list[Route], order: int) -> None:
+    """Keep every wildcard after every exact route, and the fallback last."""
+    for other in existing:
+        if other.order >= order:
+            moved = Route(**{**_route_fields(other), "order": other.order + 1})
+            await txn.save_route(moved)

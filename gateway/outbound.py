@@ -1,0 +1,71 @@
+"""Composing outgoing mail: Message-IDs (R-O3), plus-addressed From (R-O2), acknowledgements (R-O5).
+
+Delivery (SMTP, DKIM, retries) is a later piece; here mail is composed and
+queued. Header values built from user input are stripped of CR, LF and other
+line breaks before the email package sees them: this Python's email module
+predates the header-injection fixes (CVE-2024-6923), so nothing else would.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from email.message import EmailMessage
+from email.utils import formatdate
+
+from gateway.model import Connector, WorkItem
+
+_LINE_BREAKS = re.compile(r"[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
+
+
+def clean_header(value: str) -> str:
+    """One line, no control breaks: safe to put in a header (reliability A6)."""
+    return _LINE_BREAKS.sub(" ", value).strip()
+
+
+def new_message_id(item: WorkItem, domain: str) -> str:
+    """R-O3: ``<EMAIL-UUID.WORKITEM-UUID@DOMAIN>``: the reply finds its item by rule 1."""
+    return f"<{uuid.uuid4()}.{item.uuid}@{domain}>"
+
+
+def body_tag(item: WorkItem) -> str:
+    """R-O3: the unique identifier tag R-M2 rule 2 looks for."""
+    return f"[WI-{item.uuid}]"
+
+
+def from_address(connector: Connector, item: WorkItem, mode: str) -> str:
+    """R-O2: ``local+REF@domain`` in modes mixed and plus_only, else the plain address."""
+    if mode not in ("mixed", "plus_only"):
+        return connector.primary_address
+    local, _, domain = connector.primary_address.partition("@")
+    return f"{local}+{item.ref}@{domain}"
+
+
+def compose_ack(*, item: WorkItem, connector: Connector, to: list[str], cc: list[str],
+                subject: str, in_reply_to: str | None, domain: str, mode: str,
+                hide_plus_in_from: bool) -> tuple[EmailMessage, str]:
+    """R-O5: acknowledge a new work item; marked automated so replies to it are ignored (R-A3)."""
+    message = EmailMessage()
+    tagged = from_address(connector, item, mode)
+    if hide_plus_in_from and tagged != connector.primary_address:
+        message["From"] = connector.primary_address
+        message["Reply-To"] = tagged
+    else:
+        message["From"] = tagged
+    message["To"] = ", ".join(clean_header(a) for a in to)
+    if cc:
+        message["Cc"] = ", ".join(clean_header(a) for a in cc)
+    original = clean_header(subject)[:900]
+    message["Subject"] = f"[{item.ref}] {original}" if original else f"[{item.ref}]"
+    message["Date"] = formatdate(localtime=False)
+    message_id = new_message_id(item, domain)
+    message["Message-ID"] = message_id
+    if in_reply_to:
+        reference = clean_header(in_reply_to)
+        message["In-Reply-To"] = reference
+        message["References"] = reference
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Auto-Response-Suppress"] = "All"
+    message.set_content(
+        f"We have received your message and registered it as {item.ref}.\n"
+        f"Please keep {item.ref} in the subject of any reply.\n\n{body_tag(item)}\n")
+    return message, message_id

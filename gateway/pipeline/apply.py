@@ -1,0 +1,143 @@
+"""R-E1..R-E6 and R-D2: put the copy on its work items, or create them; acknowledge new ones.
+
+The stage whose job is the effects: it writes through the transaction the
+runner owns, which commits the batch (or, for ``mailgate explain``, rolls it
+back). Every target is checked against the fingerprints first (R-D2: at most
+one work item per target per email); every change emits an event (R-E6).
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from gateway import workitems
+from gateway.mail import Mail
+from gateway.model import Route, WorkItem
+from gateway.outbound import compose_ack
+from gateway.pipeline.context import Context, Verdict
+from gateway.pipeline.dedup import already_received, remember
+
+
+class Apply:
+    name = "apply"
+
+    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
+        targets: list[dict] = []
+        skipped: list[str] = []
+        done: set[str] = set()
+        for resolution in ctx.resolved:
+            ref = resolution.ref
+            if ref is None or ref in done:
+                continue
+            done.add(ref)
+            if await already_received(ctx, ref):
+                skipped.append(ref)
+                continue
+            await self._append(mail, ctx, ref)
+            targets.append({"ref": ref, "action": "appended"})
+        copy_from = next((r.copy_from for r in ctx.resolved if r.ref is None and r.copy_from),
+                         None)
+        for address, route in ctx.routed:
+            target = address.lower()
+            if await already_received(ctx, target):
+                skipped.append(target)
+                continue
+            item = await self._create(mail, ctx, route, copy_from)
+            await remember(ctx, target)
+            targets.append({"ref": item.ref, "action": "created"})
+        if skipped:
+            ctx.note("already received: " + ", ".join(skipped))
+        if not targets:
+            return Verdict("duplicate", "every_target_already_received")
+        created = any(t["action"] == "created" for t in targets)
+        return Verdict("created" if created else "appended", "", targets)
+
+    async def _append(self, mail: Mail, ctx: Context, ref: str) -> None:
+        """R-E1..R-E3 (R-E5: auto-generated mail too)."""
+        txn = ctx.txn
+        item = await txn.workitem(ref)
+        assert item is not None
+        parent = await txn.workitem(item.parent) if item.parent else None
+        applied = workitems.apply_email(item, parent)
+        for changed in applied.items:
+            await txn.save_workitem(changed)
+        for change in applied.changes:
+            await txn.emit("workitem.state_changed", ref=change.ref, email_id=mail.email_id,
+                           old=change.old, new=change.new)
+        await txn.attach_email(ref, mail.email_id, "appended")
+        await txn.emit("email.appended", ref=ref, email_id=mail.email_id)
+        await remember(ctx, ref)
+
+    async def _create(self, mail: Mail, ctx: Context, route: Route,
+                      copy_from: str | None) -> WorkItem:
+        """R-E4: a new item from routing: TO_DO, contacts = sender + CCs, mode from the route."""
+        txn = ctx.txn
+        number = await txn.next_number()
+        kind = route.target.kind if route.target.kind in ("Ticket", "Case") else "Ticket"
+        contacts = _contacts(mail, ctx)
+        automated = route.send_automated_emails and ctx.autogen_rule is None  # R-A4
+        closed = await txn.workitem(copy_from) if copy_from else None
+        effects = workitems.create(
+            workitems.format_ref(number, kind), kind, str(uuid.uuid4()), ctx.connector.name,
+            mode="test" if route.test_mode else "live", contacts=contacts,
+            custom_data=_route_data(route), send_automated_emails=automated, copy_of=closed)
+        item = effects.item(workitems.format_ref(number, kind))
+        item.new_info = True
+        if ctx.global_match and ctx.global_match != item.ref:
+            item.linked = [ctx.global_match]
+        await txn.save_workitem(item)
+        if item.copied_from:
+            await txn.copy_communications(item.copied_from, item.ref)
+        if ctx.global_match:
+            other = await txn.workitem(ctx.global_match)
+            if other is not None and item.ref not in other.linked:
+                await txn.save_workitem(dataclasses.replace(other,
+                                                            linked=[*other.linked, item.ref]))
+        await txn.attach_email(item.ref, mail.email_id, "created")
+        await txn.emit("workitem.created", ref=item.ref, email_id=mail.email_id,
+                       kind=item.kind, connector=item.connector, mode=item.mode,
+                       route=route.id, copied_from=item.copied_from)
+        await remember(ctx, item.ref)
+        if automated:
+            await self._acknowledge(mail, ctx, item, route)
+        elif route.send_automated_emails:
+            ctx.note(f"no acknowledgement for {item.ref}: auto-generated ({ctx.autogen_rule})")
+        return item
+
+    async def _acknowledge(self, mail: Mail, ctx: Context, item: WorkItem, route: Route) -> None:
+        """R-O5 to the sender, and to CCs with ``ack_cc``; queued as automated mail (R-A3)."""
+        if not mail.from_address:
+            ctx.note(f"no acknowledgement for {item.ref}: no sender address")
+            return
+        own = ctx.directory.owner
+        cc = [a for a in mail.cc_addresses if own(a) is None] if route.ack_cc else []
+        message, message_id = compose_ack(
+            item=item, connector=ctx.connector, to=[mail.from_address], cc=cc,
+            subject=mail.subject, in_reply_to=mail.message_id,
+            domain=ctx.settings.message_id_domain, mode=ctx.settings.matching_mode,
+            hide_plus_in_from=ctx.settings.hide_plus_in_from)
+        raw = message.as_bytes()
+        email_id = await ctx.txn.store_outgoing(
+            raw, connector=ctx.connector.name, message_id=message_id,
+            mail_from=ctx.connector.primary_address, rcpt_to=[mail.from_address, *cc],
+            automated=True)
+        await ctx.txn.attach_email(item.ref, email_id, "sent")
+        await ctx.txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=True)
+        ctx.note(f"acknowledgement queued as email {email_id}")
+
+
+def _contacts(mail: Mail, ctx: Context) -> list[str]:
+    """R-E4: the sender and the CC'd people, not the gateway's own addresses."""
+    people = [mail.from_address] if mail.from_address else []
+    people += [a for a in mail.cc_addresses if ctx.directory.owner(a) is None]
+    return list(dict.fromkeys(people))
+
+
+def _route_data(route: Route) -> dict:
+    """The route's target fields, kept on the item for the host (process, customer …)."""
+    target = route.target
+    data = {"process": target.process, "customer": target.customer,
+            "contract": target.contract, "service": target.service}
+    if target.kind == "Ticket":
+        data["ticket_category"] = target.ticket_category
+    return {k: v for k, v in data.items() if v}

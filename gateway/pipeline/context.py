@@ -1,0 +1,80 @@
+"""What every stage receives besides the mail: the directory, settings, the transaction, the trace.
+
+DESIGN "A stage": stages know nothing of transport, metrics or SQL dialects.
+They read through ``ctx.txn`` (domain methods, not SQL), record what they
+found on the context for the stages after them, and end the pipeline by
+returning a :class:`Verdict`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.directory import Directory
+from gateway.mail import Mail
+from gateway.model import Connector, Route, TraceLine
+from storage.txn import Txn
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The settings the rules read (SPEC §5.2 [matching], [autogen], [gateway])."""
+    matching_mode: str = "off"               # off | mixed | plus_only (R-M1)
+    hide_plus_in_from: bool = False
+    autogen_extended: bool = True            # R-A2
+    autogen_disabled: frozenset[str] = frozenset()
+    message_id_domain: str = "mailgate.invalid"
+
+
+@dataclass
+class Verdict:
+    """The end of the pipeline for one copy (R-U1: every copy ends with exactly one)."""
+    outcome: str                             # appended | created | ignored | duplicate | own_mail | unprocessed
+    reason: str = ""
+    targets: list[dict] = field(default_factory=list)   # [{"ref", "action"}]
+
+
+@dataclass
+class MatchHit:
+    """A work item found for this copy, and how (trace + metrics label)."""
+    ref: str
+    method: str                              # plus_tag | in_reply_to | references | body_tag | subject_ref | body_ref
+
+
+@dataclass
+class Context:
+    mail: Mail
+    connector: Connector
+    directory: Directory
+    settings: PipelineSettings
+    txn: Txn
+    trace: list[TraceLine] = field(default_factory=list)
+    # what the stages found, in pipeline order
+    f1: str | None = None
+    fingerprints: tuple[str, ...] = ()
+    autogen_rule: str | None = None
+    visible: list[str] = field(default_factory=list)       # visible K-addresses (mailboxes)
+    tags: list[str] = field(default_factory=list)          # refs from plus tags (R-P1)
+    matches: list[MatchHit] = field(default_factory=list)
+    resolved: list = field(default_factory=list)           # workitems.Resolution (R-M5)
+    global_match: str | None = None                        # R-M6 link target
+    routed: list[tuple[str, Route]] = field(default_factory=list)  # (target address, route)
+    wildcard_only: bool = False                            # R-M4: placed by a wildcard route
+
+    def note(self, text: str) -> None:
+        """Extra detail for the current stage's trace line."""
+        self._notes.append(text)
+
+    def __post_init__(self) -> None:
+        self._notes: list[str] = []
+
+    def take_notes(self) -> str:
+        notes, self._notes = "; ".join(self._notes), []
+        return notes
+
+
+class Stage(Protocol):
+    """DESIGN: small, typed, ignorant of transport, metrics and SQL dialects."""
+    name: str
+
+    async def run(self, mail: Mail, ctx: Context) -> Verdict | None: ...

@@ -1,0 +1,33 @@
+"""R-D1..R-D4: fingerprints, and the short-circuit for an exact repeat.
+
+The stage computes the three fingerprints and ends the pipeline only for an
+exact F1 repeat on the same connector (R-D3: a server re-delivering, an IMAP
+delayed expunge). The per-target check of R-D2 needs the targets, so it
+happens in apply, through :func:`already_received`.
+"""
+from __future__ import annotations
+
+from gateway.mail import Mail
+from gateway.pipeline import fingerprints
+from gateway.pipeline.context import Context, Verdict
+
+
+class Dedup:
+    name = "dedup"
+
+    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
+        ctx.f1 = fingerprints.f1(mail.raw)
+        ctx.fingerprints = (ctx.f1, "F2:" + fingerprints.f2(mail), "F3:" + fingerprints.f3(mail))
+        earlier = await ctx.txn.f1_seen(ctx.connector.name, ctx.f1, mail.email_id or 0)
+        if earlier is not None:
+            return Verdict("duplicate", f"same_bytes_as_email_{earlier}")
+        return None
+
+
+async def already_received(ctx: Context, target: str) -> bool:
+    """R-D2: did ``target`` (a ref, a route address or ``*``) get this content already?"""
+    return await ctx.txn.target_received(target, ctx.fingerprints)
+
+
+async def remember(ctx: Context, target: str) -> None:
+    await ctx.txn.remember(target, ctx.fingerprints, ctx.mail.email_id or 0)

@@ -1,0 +1,143 @@
+"""R-M1..R-M6: find the work items of connector K this copy belongs to, then resolve them.
+
+Modes (R-M1): ``off`` — the standard rules, at most one item; ``mixed`` — plus
+tags (several items) and the standard rules; ``plus_only`` — plus tags, and
+rule 1 against earlier *incoming* mail only (R-M3).
+
+The standard rules (R-M2), first hit wins, items of connector K only:
+1. In-Reply-To is a gateway Message-ID → its work item; else In-Reply-To, then
+   References newest first, equals the Message-ID of an earlier email placed
+   on an item (how a CC'd person's reply finds the original item);
+2. the body holds ``[WI-<uuid>]``;
+3. the Subject holds the ref of an existing item;
+4. the body holds such a ref.
+
+Resolution (R-M5) follows splits, merges, conversions and closed items to the
+item that really takes the mail; a closed item with no open parent asks
+routing for a new item copied from it.
+"""
+from __future__ import annotations
+
+import re
+
+from gateway import workitems
+from gateway.mail import Mail
+from gateway.model import WorkItem
+from gateway.pipeline.context import Context, MatchHit, Verdict
+
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+BODY_TAG = re.compile(rf"\[WI-({_UUID})\]")
+_CLOSURE_LIMIT = 200
+
+
+def gateway_message_id(domain: str) -> re.Pattern:
+    """R-O3: ``<EMAIL-UUID.WORKITEM-UUID@DOMAIN>``."""
+    return re.compile(rf"<({_UUID})\.({_UUID})@{re.escape(domain)}>", re.IGNORECASE)
+
+
+class Match:
+    name = "match"
+
+    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
+        if not ctx.visible:
+            return self._no_visible_address(mail, ctx)
+        mode = ctx.settings.matching_mode
+        hits: list[MatchHit] = []
+        if mode in ("mixed", "plus_only"):
+            hits += [MatchHit(ref, "plus_tag") for ref in ctx.tags]
+        if mode == "plus_only":
+            hit = await self._thread_rule(mail, ctx, ctx.connector.name, incoming_only=True)
+            if hit:
+                hits.append(hit)
+        else:
+            hit = await standard_match(mail, ctx, ctx.connector.name)
+            if hit:
+                hits.append(hit)
+        seen: set[str] = set()
+        ctx.matches = [h for h in hits if not (h.ref in seen or seen.add(h.ref))]
+        if not ctx.matches:
+            hit = await standard_match(mail, ctx, None)
+            ctx.global_match = hit.ref if hit else None
+            ctx.note("no match" + (f"; global match {hit.ref} ({hit.method})" if hit else ""))
+            return None
+        ctx.note(", ".join(f"{h.ref} by {h.method}" for h in ctx.matches))
+        await self._resolve(ctx)
+        return None
+
+    @staticmethod
+    def _no_visible_address(mail: Mail, ctx: Context) -> Verdict | None:
+        """R-M4: only BCC'd. Another connector's visible address means that connector works."""
+        for address in (*mail.to_addresses, *mail.cc_addresses):
+            owner = ctx.directory.owner(address)
+            if owner is not None and owner != ctx.connector.name:
+                return Verdict("duplicate", f"visible_on_connector_{owner}")
+        ctx.wildcard_only = True
+        ctx.note("no visible address: wildcard routes only")
+        return None
+
+    async def _thread_rule(self, mail: Mail, ctx: Context, connector: str | None, *,
+                           incoming_only: bool = False) -> MatchHit | None:
+        if not incoming_only:
+            pattern = gateway_message_id(ctx.settings.message_id_domain)
+            for message_id in mail.in_reply_to:
+                found = pattern.fullmatch(message_id)
+                if found:
+                    item = await ctx.txn.workitem_by_uuid(found.group(2))
+                    if item and (connector is None or item.connector == connector):
+                        return MatchHit(item.ref, "gateway_message_id")
+        chain = [("in_reply_to", m) for m in mail.in_reply_to]
+        chain += [("references", m) for m in reversed(mail.references)]
+        for method, message_id in chain:
+            for ref in await ctx.txn.placed_on(message_id, incoming_only=incoming_only):
+                item = await ctx.txn.workitem(ref)
+                if item and (connector is None or item.connector == connector):
+                    return MatchHit(item.ref, method)
+        return None
+
+    async def _resolve(self, ctx: Context) -> None:
+        resolved: list[workitems.Resolution] = []
+        for hit in ctx.matches:
+            item = await ctx.txn.workitem(hit.ref)
+            if item is None:
+                continue
+            known = await _closure(ctx, item)
+            resolved += workitems.resolve_target(item, known.get)
+        ctx.resolved = resolved
+        paths = [" → ".join(r.path) for r in resolved if len(r.path) > 1]
+        if paths:
+            ctx.note("resolved " + "; ".join(paths))
+
+
+async def standard_match(mail: Mail, ctx: Context, connector: str | None) -> MatchHit | None:
+    """R-M2 rules 1–4 in order; ``connector=None`` looks across connectors (R-M6)."""
+    hit = await Match()._thread_rule(mail, ctx, connector)
+    if hit:
+        return hit
+    body = mail.text_body
+    for found in BODY_TAG.finditer(body):
+        item = await ctx.txn.workitem_by_uuid(found.group(1))
+        if item and (connector is None or item.connector == connector):
+            return MatchHit(item.ref, "body_tag")
+    for method, text in (("subject_ref", mail.subject), ("body_ref", body)):
+        for found in workitems.REF_IN_TEXT.finditer(text):
+            ref = workitems.canonical_ref(found.group(0))
+            item = await ctx.txn.workitem(ref) if ref else None
+            if item and (connector is None or item.connector == connector):
+                return MatchHit(item.ref, method)
+    return None
+
+
+async def _closure(ctx: Context, item: WorkItem) -> dict[str, WorkItem]:
+    """Every item R-M5 may walk to from ``item``, loaded up front for the pure resolver."""
+    known = {item.ref: item}
+    pending = [item]
+    while pending and len(known) < _CLOSURE_LIMIT:
+        current = pending.pop()
+        for ref in (*current.split_into, current.merged_into, current.converted_to,
+                    current.parent):
+            if ref and ref not in known:
+                found = await ctx.txn.workitem(ref)
+                if found is not None:
+                    known[ref] = found
+                    pending.append(found)
+    return known
