@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway.config import BootstrapRoute, Settings, parse_listen
 from gateway.directory import AddressBook, Directory
 from gateway.intake import Intake
-from gateway.model import Connector, Route, RouteRules, RouteTarget
+from gateway.model import Connector, Route, RouteRules, RouteTarget, WorkItem
 from gateway.operations import Operations
 from gateway.pipeline.context import PipelineSettings
 from gateway.pipeline.runner import Runner
@@ -236,6 +236,47 @@ class Gateway:
                      f"http://{parse_listen(s.http.listen)[0]}:{self.http_port}")
 
     # -- run and stop ------------------------------------------------------------------
+
+    # -- host operations (SPEC §5.4): the same as the HTTP API ------------------------------
+
+    async def create_workitem(self, **fields) -> WorkItem:
+        return await self.ops.create_workitem(**fields)
+
+    async def workitem(self, ref: str) -> WorkItem | None:
+        return await self.ops.workitem(ref)
+
+    async def transition(self, ref: str, state: str, wait_type: str | None = None):
+        return await self.ops.transition(ref, state, wait_type)
+
+    async def split(self, ref: str, children: int):
+        return await self.ops.split(ref, children)
+
+    async def merge(self, refs: list[str], into: str):
+        return await self.ops.merge(refs, into)
+
+    async def convert(self, ref: str):
+        return await self.ops.convert(ref)
+
+    async def link(self, ref: str, other: str):
+        return await self.ops.link(ref, other)
+
+    async def set_parent(self, ref: str, parent: str | None):
+        return await self.ops.set_parent(ref, parent)
+
+    async def send_email(self, ref: str, **fields) -> tuple[int, str]:
+        return await self.ops.send_email(ref, settings=self.pipeline_settings, **fields)
+
+    async def add_connector(self, connector: Connector, **options):
+        return await self.ops.add_connector(connector, **options)
+
+    async def add_route(self, route: Route) -> Route:
+        return await self.ops.add_route(route)
+
+    async def add_contact(self, pattern: str, company: str) -> None:
+        await self.ops.add_contact(pattern, company)
+
+    async def explain(self, raw: bytes, connector: str, **options):
+        return await self.pipeline.explain(raw, connector, **options)
 
     def _wake_pipeline(self) -> None:
         self.pipeline.wake()

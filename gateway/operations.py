@@ -141,6 +141,28 @@ class Operations:
             return effects.item(child.ref)
         return await self._in_txn(work)
 
+    async def send_email(self, ref: str, *, to: list[str], subject: str, body: str,
+                         cc: list[str] = (), settings=None, connector: Connector | None = None,
+                         in_reply_to: str | None = None) -> tuple[int, str]:
+        """R-O6: an agent's mail, appended to the item as outgoing and queued for delivery.
+        Returns (email id, Message-ID)."""
+        from gateway.outbound import compose_agent_mail
+
+        async def work(txn: Txn) -> tuple[int, str]:
+            item = await self._get(txn, ref)
+            sender = connector or await _connector(txn, item.connector)
+            message, message_id = compose_agent_mail(
+                item=item, connector=sender, to=list(to), cc=list(cc), subject=subject,
+                body=body, in_reply_to=in_reply_to, domain=settings.message_id_domain,
+                mode=settings.matching_mode, hide_plus_in_from=settings.hide_plus_in_from)
+            email_id = await txn.store_outgoing(
+                message.as_bytes(), connector=sender.name, message_id=message_id,
+                mail_from=sender.primary_address, rcpt_to=[*to, *cc], automated=False)
+            await txn.attach_email(item.ref, email_id, "sent")
+            await txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=False)
+            return email_id, message_id
+        return await self._in_txn(work)
+
     async def workitem_emails(self, ref: str) -> list[int]:
         async def work(db: aiosqlite.Connection) -> list[int]:
             return await Txn(db).item_email_ids(workitems.canonical_ref(ref) or ref)

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import re
 import uuid
+from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
 
 from gateway.model import Connector, WorkItem
+
+# CRLF for SMTP; lines up to RFC 5322's 998 so that long Message-IDs in In-Reply-To
+# and References are never folded into encoded-words (which this Python's email
+# package does to an unstructured header with a token longer than 78 characters,
+# breaking R-M2 rule 1 for whoever replies).
+WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
 
 _LINE_BREAKS = re.compile(r"[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
 
@@ -44,7 +51,7 @@ def compose_ack(*, item: WorkItem, connector: Connector, to: list[str], cc: list
                 subject: str, in_reply_to: str | None, domain: str, mode: str,
                 hide_plus_in_from: bool) -> tuple[EmailMessage, str]:
     """R-O5: acknowledge a new work item; marked automated so replies to it are ignored (R-A3)."""
-    message = EmailMessage()
+    message = EmailMessage(policy=WIRE_POLICY)
     tagged = from_address(connector, item, mode)
     if hide_plus_in_from and tagged != connector.primary_address:
         message["From"] = connector.primary_address
@@ -68,4 +75,29 @@ def compose_ack(*, item: WorkItem, connector: Connector, to: list[str], cc: list
     message.set_content(
         f"We have received your message and registered it as {item.ref}.\n"
         f"Please keep {item.ref} in the subject of any reply.\n\n{body_tag(item)}\n")
+    return message, message_id
+
+
+def compose_agent_mail(*, item: WorkItem, connector: Connector, to: list[str], cc: list[str],
+                       subject: str, body: str, in_reply_to: str | None, domain: str,
+                       mode: str, hide_plus_in_from: bool) -> tuple[EmailMessage, str]:
+    """R-O6: an agent's mail about a work item; not automated, so auto-replies to it count."""
+    message = EmailMessage(policy=WIRE_POLICY)
+    tagged = from_address(connector, item, mode)
+    if hide_plus_in_from and tagged != connector.primary_address:
+        message["From"] = connector.primary_address
+        message["Reply-To"] = tagged
+    else:
+        message["From"] = tagged
+    message["To"] = ", ".join(clean_header(a) for a in to)
+    if cc:
+        message["Cc"] = ", ".join(clean_header(a) for a in cc)
+    message["Subject"] = clean_header(subject)[:900]
+    message["Date"] = formatdate(localtime=False)
+    message_id = new_message_id(item, domain)
+    message["Message-ID"] = message_id
+    if in_reply_to:
+        message["In-Reply-To"] = clean_header(in_reply_to)
+        message["References"] = clean_header(in_reply_to)
+    message.set_content(f"{body.rstrip()}\n\n{body_tag(item)}\n")
     return message, message_id

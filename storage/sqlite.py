@@ -229,6 +229,8 @@ class SqliteStore:
                 await db.rollback()
             else:
                 await db.commit()
+            # work may have added messages or emails (outgoing mail) with ids of its own
+            await self._reset_id_counters()
         except Exception as exc:
             await self._rollback_quietly()
             if not job.future.done():

@@ -20,6 +20,9 @@ _ITEM_COLUMNS = ("ref, kind, uuid, connector, mode, state, wait_type, new_info, 
                  " custom_data, send_automated_emails, created_at, updated_at")
 
 
+_ITEM_MARKS = ", ".join("?" * (_ITEM_COLUMNS.count(",") + 2))
+
+
 def item_from_row(row: Any) -> WorkItem:
     (ref, kind, uuid, connector, mode, state, wait_type, new_info, parent, split_into,
      merged_into, converted_to, linked, copied_from, contacts, custom_data, automated,
@@ -156,8 +159,7 @@ class Txn:
         if not item.created_at:
             item.created_at = self.now
         await self.db.execute(
-            f"INSERT INTO work_items (number, {_ITEM_COLUMNS}) VALUES"
-            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO work_items (number, {_ITEM_COLUMNS}) VALUES ({_ITEM_MARKS})"
             " ON CONFLICT(ref) DO UPDATE SET state = excluded.state,"
             " wait_type = excluded.wait_type, new_info = excluded.new_info,"
             " parent = excluded.parent, split_into = excluded.split_into,"

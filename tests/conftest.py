@@ -20,7 +20,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_settings(tmp_path: Path, *, connectors=None, lmtp=None, smtp=None,
+def make_settings(tmp_path: Path, *, connectors=None, routes=(), lmtp=None, smtp=None,
                   http=None, **sections) -> Settings:
     """Settings for one test: ports chosen by the OS, a database in ``tmp_path``."""
     if connectors is None:
@@ -33,7 +33,7 @@ def make_settings(tmp_path: Path, *, connectors=None, lmtp=None, smtp=None,
         smtp=dataclasses.replace(SmtpSection(listen="127.0.0.1:0"), **(smtp or {})),
         http=dataclasses.replace(HttpSection(listen="127.0.0.1:0", admin_token=ADMIN_TOKEN),
                                  **(http or {})),
-        directory=DirectorySection(connectors=tuple(connectors)),
+        directory=DirectorySection(connectors=tuple(connectors), routes=tuple(routes)),
         source=str(tmp_path / "gateway.toml"),
         **sections)
 
