@@ -72,7 +72,8 @@ class Gateway:
             hide_plus_in_from=settings.matching.hide_plus_in_from,
             autogen_extended=settings.autogen.extended,
             autogen_disabled=frozenset(settings.autogen.disabled),
-            message_id_domain=settings.gateway.message_id_domain)
+            message_id_domain=settings.gateway.message_id_domain,
+            dedup_window_days=settings.dedup.window_days)
         self.pipeline = Runner(self.store, lambda: self.directory, lambda: self.pipeline_settings,
                                observer=self.metrics.pipeline_observer())
         self.ops = Operations(self.store, self.reload_directory)

@@ -105,9 +105,12 @@ class Txn:
 
     # -- dedup (R-D1..R-D4) ----------------------------------------------------------
 
-    async def f1_seen(self, connector: str, f1: str, before_id: int) -> int | None:
+    async def f1_seen(self, connector: str, f1: str, before_id: int,
+                      since: float = 0.0) -> int | None:
+        """An earlier copy on this connector with the same raw bytes (R-D3), within R-D4's window."""
         row = await self._one("SELECT id FROM emails WHERE connector = ? AND f1 = ? AND id < ?"
-                              " AND state = 'done' LIMIT 1", (connector, f1, before_id))
+                              " AND state = 'done' AND processed_at >= ? LIMIT 1",
+                              (connector, f1, before_id or 1 << 62, since))
         return row[0] if row else None
 
     async def target_received(self, target: str, values: Iterable[str]) -> bool:

@@ -24,6 +24,7 @@ class PipelineSettings:
     autogen_extended: bool = True            # R-A2
     autogen_disabled: frozenset[str] = frozenset()
     message_id_domain: str = "mailgate.invalid"
+    dedup_window_days: int = 30              # R-D4
 
 
 @dataclass

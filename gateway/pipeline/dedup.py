@@ -18,7 +18,8 @@ class Dedup:
     async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
         ctx.f1 = fingerprints.f1(mail.raw)
         ctx.fingerprints = (ctx.f1, "F2:" + fingerprints.f2(mail), "F3:" + fingerprints.f3(mail))
-        earlier = await ctx.txn.f1_seen(ctx.connector.name, ctx.f1, mail.email_id or 0)
+        since = ctx.txn.now - ctx.settings.dedup_window_days * 86400
+        earlier = await ctx.txn.f1_seen(ctx.connector.name, ctx.f1, mail.email_id or 0, since)
         if earlier is not None:
             return Verdict("duplicate", f"same_bytes_as_email_{earlier}")
         return None
@@ -31,3 +32,8 @@ async def already_received(ctx: Context, target: str) -> bool:
 
 async def remember(ctx: Context, target: str) -> None:
     await ctx.txn.remember(target, ctx.fingerprints, ctx.mail.email_id or 0)
+
+
+async def prune(txn, window_days: int) -> int:
+    """R-D4: forget fingerprints older than the window."""
+    return await txn.prune_fingerprints(txn.now - window_days * 86400)
