@@ -103,6 +103,14 @@ class Gateway:
         self.metrics.ready.set(1)
         self._log_startup()
 
+    async def open_offline(self) -> None:
+        """The store and the directory only: for ``mailgate explain`` beside a running gateway."""
+        await self.store.open()
+        await self.reload_directory()
+
+    async def close_offline(self) -> None:
+        await self.store.close()
+
     async def _bootstrap_directory(self) -> None:
         """Seed connectors (each with its fallback route) and routes from the config file;
         what the store already has stays as it is: the store is the source of truth."""

@@ -1,4 +1,4 @@
-"""The ``mailgate`` command: ``serve`` and ``check`` (SPEC §5.1).
+"""The ``mailgate`` command: ``serve``, ``check`` and ``explain`` (SPEC §5.1).
 
 Library code never exits the process; only :func:`main` turns outcomes into
 exit codes (0 ok, 1 runtime failure, 2 configuration problems).
@@ -90,6 +90,46 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _explain(settings: Settings, raw: bytes, connector: str) -> int:
+    from gateway.app import Gateway
+
+    gateway = Gateway(settings)
+    await gateway.open_offline()
+    try:
+        if connector not in gateway.directory.connectors:
+            known = ", ".join(sorted(gateway.directory.connectors)) or "none"
+            print(f"no connector {connector!r} in the directory (known: {known})",
+                  file=sys.stderr)
+            return 2
+        verdict, trace = await gateway.explain(raw, connector)
+    finally:
+        await gateway.close_offline()
+    for line in trace:
+        matched = f" [{', '.join(line['matched'])}]" if line["matched"] else ""
+        print(f"{line['stage']:<15} {line['verdict']:<12} {line['duration_ms']:8.3f} ms"
+              f"  {line['reason']}{matched}")
+    targets = ", ".join(f"{t['ref']} ({t['action']})" for t in verdict.targets)
+    print(f"outcome: {verdict.outcome}" + (f" ({verdict.reason})" if verdict.reason else "")
+          + (f" -> {targets}" if targets else ""))
+    print("dry run: nothing was stored")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    try:
+        with open(args.message, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        print(f"{args.message}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if b"\r\n" not in raw:
+        raw = raw.replace(b"\n", b"\r\n")   # a .eml saved with Unix line ends
+    return asyncio.run(_explain(settings, raw, args.connector))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailgate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config; exit non-zero on any problem")
     check.add_argument("--config", help="TOML process config (SPEC 5.2)")
     check.set_defaults(func=cmd_check)
+    explain = sub.add_parser("explain", help="dry-run a message through the pipeline and "
+                                             "print the decision trace (R-B6)")
+    explain.add_argument("message", help="the message file (.eml)")
+    explain.add_argument("--connector", required=True, help="the receiving connector's name")
+    explain.add_argument("--config", help="TOML process config (SPEC 5.2)")
+    explain.set_defaults(func=cmd_explain)
     return parser
 
 

@@ -219,6 +219,36 @@ class Operations:
         await self.on_directory_change()
         return route
 
+    async def search_routes(self, connector: str, q: str) -> list[Route]:
+        """R-R6: routes whose address, process or ticket category starts with ``q``."""
+        async def work(db: aiosqlite.Connection) -> list[Route]:
+            needle = q.strip().lower()
+            return [r for r in await Txn(db).routes(connector)
+                    if any(field.lower().startswith(needle) for field in
+                           (r.email_address, r.target.process, r.target.ticket_category))]
+        return await self.store.read(work)
+
+    async def set_processes(self, names: list[str]) -> None:
+        """R-R8: the host says which processes exist; routes naming others get flagged."""
+        async def work(txn: Txn) -> None:
+            await txn.db.execute("DELETE FROM processes")
+            await txn.db.executemany("INSERT OR IGNORE INTO processes (name, updated_at)"
+                                     " VALUES (?, ?)", [(n, txn.now) for n in names])
+        await self._in_txn(work)
+
+    async def flagged_routes(self) -> list[tuple[Route, str]]:
+        """R-R8 (and R-R7): routes that keep working but need an admin's look, with why."""
+        async def work(db: aiosqlite.Connection) -> list[tuple[Route, str]]:
+            txn = Txn(db)
+            known = {r[0] for r in await txn._all("SELECT name FROM processes")}
+            flagged = []
+            for route in await txn.routes():
+                if known and route.target.process and route.target.process not in known:
+                    flagged.append((route, f"R-R8: process {route.target.process!r} "
+                                           "no longer exists"))
+            return flagged
+        return await self.store.read(work)
+
     async def add_contact(self, pattern: str, company: str) -> None:
         await self._in_txn(lambda txn: txn.save_contact(pattern, company))
         await self.on_directory_change()

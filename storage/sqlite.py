@@ -330,6 +330,15 @@ class SqliteStore:
             row = await cursor.fetchone()
         return self._email(row) if row else None
 
+    async def unprocessed(self, limit: int = 100, after: int = 0) -> list[EmailRecord]:
+        """R-U1: copies no rule could place, oldest first."""
+        assert self._reader is not None
+        async with self._reader.execute(
+                f"SELECT {self._EMAIL_COLUMNS} FROM emails e JOIN messages m ON m.id = e.message"
+                " WHERE e.outcome = 'unprocessed' AND e.state = 'done' AND e.id > ?"
+                " ORDER BY e.id LIMIT ?", (after, limit)) as cursor:
+            return [self._email(r) for r in await cursor.fetchall()]
+
     async def raw(self, email_id: int) -> bytes | None:
         assert self._reader is not None
         async with self._reader.execute(

@@ -95,6 +95,27 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
             return api_error(404, "not_found", f"no email {request.match_info['id']}", "id")
         return web.Response(body=data, content_type="message/rfc822")
 
+    async def unprocessed(request: web.Request) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = min(int(request.query.get("limit", "100")), 1000)
+        except ValueError:
+            return api_error(400, "invalid_parameter", "after and limit are integers", "after")
+        store = request.app[key].store
+        records = await store.unprocessed(limit, after)
+        items = [email_json(r, await store.raw(r.id) or b"") for r in records]
+        return web.json_response({"emails": items})
+
+    async def reprocess(request: web.Request) -> web.Response:
+        email_id = _email_id(request)
+        gateway = request.app[key]
+        if email_id is None or not await gateway.pipeline.reprocess(email_id):
+            return api_error(409, "not_unprocessed", "R-U1: only an unprocessed incoming email"
+                             " can be re-run", "id")
+        return web.json_response({"id": email_id, "state": "journaled"}, status=202)
+
+    router.add_get("/api/v1/unprocessed", unprocessed)
+    router.add_post("/api/v1/unprocessed/{id}/reprocess", reprocess)
     router.add_get("/api/v1/emails", find)
     router.add_get("/api/v1/emails/{id}", one)
     router.add_get("/api/v1/emails/{id}/raw", raw)

@@ -226,10 +226,16 @@ class Runner:
 
         return await self.store.write(dry, dry_run=True)
 
-    async def reprocess(self, email_id: int) -> None:
-        """R-U1: run an unprocessed email through the pipeline again."""
-        async def again(db: aiosqlite.Connection) -> None:
-            await db.execute("UPDATE emails SET state = 'journaled' WHERE id = ?", (email_id,))
+    async def reprocess(self, email_id: int) -> bool:
+        """R-U1: put an unprocessed email back in the journal (after a route fix, say).
+        Only unprocessed mail: a placed email run again could change nothing but its record."""
+        async def again(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                "UPDATE emails SET state = 'journaled' WHERE id = ? AND state = 'done'"
+                " AND outcome = 'unprocessed' AND direction = 'incoming'", (email_id,))
+            return cursor.rowcount > 0
 
-        await self.store.write(again)
-        self.wake()
+        queued = await self.store.write(again)
+        if queued:
+            self.wake()
+        return queued

@@ -1,0 +1,53 @@
+"""R-U1: nothing is dropped; unprocessed mail is listed with its reason and can be re-run."""
+from __future__ import annotations
+
+import aiohttp
+
+from gateway.config import BootstrapConnector
+from gateway.model import Route
+from tests.conftest import ADMIN_TOKEN
+from tests.e2e.helpers import deliver, mail
+from tests.wire import WireClient
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+SUPPORT = [BootstrapConnector(name="support", primary_address="support@corp.test",
+                              aliases=("help@corp.test",))]
+
+
+async def test_r_u1_unprocessed_mail_is_listed_and_re_run_after_a_route_fix(start_gateway):
+    gw = await start_gateway(connectors=SUPPORT)
+    [copy] = await deliver(gw, mail(to=["help@corp.test"]))
+    assert (copy.outcome, copy.reason) == ("unprocessed", "alias_without_route")
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gw.http_port}") as http:
+        async with http.get("/api/v1/unprocessed", headers=AUTH) as r:
+            listed = (await r.json())["emails"]
+        assert [(e["id"], e["reason"]) for e in listed] == [(copy.id, "alias_without_route")]
+        await gw.add_route(Route(id=0, name="help", connector="support",
+                                 email_address="help@corp.test", order=0))
+        async with http.post(f"/api/v1/unprocessed/{copy.id}/reprocess", headers=AUTH) as r:
+            assert r.status == 202
+        await gw.pipeline.drain()
+        again = await gw.store.email(copy.id)
+        assert again.outcome == "created"
+        async with http.post(f"/api/v1/unprocessed/{copy.id}/reprocess", headers=AUTH) as r:
+            body = await r.json()
+        assert r.status == 409 and "R-U1" in body["error"]["message"]
+
+
+async def test_r_u1_mime_bomb_is_stored_and_unprocessed_unparseable(start_gateway):
+    gw = await start_gateway(connectors=SUPPORT)
+    depth = 2000
+    head = (b"From: x@customer.test\r\nTo: support@corp.test\r\nSubject: bomb\r\n"
+            b"Message-ID: <bomb@customer.test>\r\n")
+    parts = b"".join(b"Content-Type: multipart/mixed; boundary=\"b%d\"\r\n\r\n--b%d\r\n"
+                     % (i, i) for i in range(depth))
+    raw = head + b"MIME-Version: 1.0\r\n" + parts + b"\r\nend\r\n"
+    client = await WireClient.connect(gw.listeners["lmtp"].port)
+    await client.command("LHLO x")
+    _, replies = await client.transaction("x@customer.test", ["support@corp.test"], raw)
+    await client.close()
+    assert [r.code for r in replies] == [250]
+    await gw.pipeline.drain()
+    [copy] = await gw.store.emails_by_message_id("<bomb@customer.test>")
+    assert (copy.outcome, copy.reason) == ("unprocessed", "unparseable")
+    assert await gw.store.raw(copy.id) == raw
