@@ -159,7 +159,7 @@ async def test_r_a3_out_of_office_reply_to_an_acknowledgement_is_ignored(gw):
     assert (await gw.workitem(ref)).state == "TO_DO"
 
 
-async def test_r_a3_out_of_office_reply_to_an_agent_mail_is_appended(gw):
+async def test_r_a3_r_e5_out_of_office_reply_to_an_agent_mail_is_appended(gw):
     ref = await new_ticket(gw)
     await gw.transition(ref, "WAITING", "more_info")
     _, message_id = await gw.send_email(ref, to=["carol@customer.test"], subject="Question",
@@ -262,3 +262,15 @@ async def test_r_d4_fingerprints_older_than_the_window_are_pruned(gw, tmp_path):
     assert await gw.pipeline.prune() > 0
     [b] = await deliver(gw, mail(subject="Old", body="Old body."))
     assert b.outcome == "created"
+
+
+async def test_r_d3_exact_repeat_on_the_same_connector_stops_at_dedup(gw):
+    message = mail(to=["fr@corp.test", "ma@corp.test"], subject="Twice")
+    await deliver(gw, message)                    # one copy for fr, one for ma
+    await deliver(gw, message, rcpts=["fr@corp.test"])   # the MTA delivers fr's again
+    copies = await gw.store.emails_by_message_id(message["Message-ID"])
+    fr = sorted((c.id, c.outcome, c.reason) for c in copies if c.connector == "fr")
+    assert [o for _, o, _ in fr] == ["created", "duplicate"]
+    assert fr[1][2] == f"same_bytes_as_email_{fr[0][0]}"
+    repeat = next(c for c in copies if c.id == fr[1][0])
+    assert [line["stage"] for line in repeat.trace][-1] == "dedup"
