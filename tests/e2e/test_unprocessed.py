@@ -51,3 +51,23 @@ async def test_r_u1_mime_bomb_is_stored_and_unprocessed_unparseable(start_gatewa
     [copy] = await gw.store.emails_by_message_id("<bomb@customer.test>")
     assert (copy.outcome, copy.reason) == ("unprocessed", "unparseable")
     assert await gw.store.raw(copy.id) == raw
+
+
+async def test_restart_resumes_the_pipeline_from_the_journal(start_gateway):
+    gw = await start_gateway(connectors=SUPPORT)
+    await gw.pipeline.stop()                      # as if the process died before deciding
+    message = mail(to=["support@corp.test"])
+    client = await WireClient.connect(gw.listeners["lmtp"].port)
+    await client.command("LHLO x")
+    from tests.e2e.helpers import WIRE
+    _, replies = await client.transaction("c@customer.test", ["support@corp.test"],
+                                          message.as_bytes(policy=WIRE))
+    await client.close()
+    assert [r.code for r in replies] == [250]
+    [journaled] = await gw.store.emails_by_message_id(message["Message-ID"])
+    assert journaled.state == "journaled" and journaled.outcome is None
+    await gw.stop()
+    again = await start_gateway(connectors=SUPPORT)
+    await again.pipeline.drain()
+    [copy] = await again.store.emails_by_message_id(message["Message-ID"])
+    assert (copy.state, copy.outcome) == ("done", "created")
