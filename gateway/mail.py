@@ -100,6 +100,9 @@ class _Refused(Exception):
     """A guard's reason, raised from the tree walk."""
 
 
+_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+
+
 class _Body(NamedTuple):
     error: str | None
     text: str = ""
@@ -217,6 +220,9 @@ class Mail:
         if self._header[1]:
             return _Body(self._header[1])
         try:
+            plain = self._plain_body()
+            if plain is not None:
+                return plain
             reason = _prescan(self.raw, self.limits)
             return _Body(reason) if reason else _extract(_PARSER.parsebytes(self.raw), self.limits)
         except _Refused as exc:
@@ -225,6 +231,28 @@ class Mail:
             return _Body("mime_too_deep")
         except Exception as exc:  # anything the email package throws: never the runner's problem
             return _Body(f"parser_error: {type(exc).__name__}")
+
+    def _plain_body(self) -> _Body | None:
+        """The common case without the MIME parser: one text/plain part, 7bit or 8bit, not an
+        attachment. Gives what the parser would; anything else returns None (the parser)."""
+        headers = self._header[0]
+        ctype = headers.get("content-type", [""])[0]
+        if ctype.partition(";")[0].strip().lower() not in ("", "text/plain"):
+            return None
+        if headers.get("content-transfer-encoding", ["7bit"])[0].strip().lower() not in (
+                "7bit", "8bit", "binary", ""):
+            return None
+        disposition = headers.get("content-disposition", [""])[0]
+        if disposition or "name" in ctype.lower() or len(headers.get("content-type", ())) > 1:
+            return None
+        block, eol = _header_block(self.raw, self.limits.max_header_bytes)
+        if block is None or eol is None:
+            return None
+        start = len(block) + 2 * len(eol)
+        if self.raw[len(block):start] != (eol * 2).encode():
+            return None
+        charset = _CHARSET.search(ctype)
+        return _Body(None, _text(self.raw[start:], charset[1] if charset else None))
 
     @property
     def text_body(self) -> str:

@@ -464,7 +464,8 @@ def test_parser_exceptions_become_parse_error(monkeypatch):
             raise ValueError("boom")
 
     monkeypatch.setattr(mail_module, "_PARSER", Broken())
-    mail = Mail(bytes(message()))
+    # multipart: a single text/plain part never reaches the parser (the fast path)
+    mail = Mail(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n")
     assert mail.parse_all() == "parser_error: ValueError"
     assert mail.text_body == "" and mail.attachments == []
 
@@ -501,3 +502,28 @@ def test_garbage_never_raises():
         mail = Mail(raw)
         mail.parse_all()
         assert isinstance(mail.subject, str) and isinstance(mail.text_body, str)
+
+
+@pytest.mark.parametrize("raw", [
+    b"From: a@x.test\r\nSubject: s\r\n\r\nHello.\r\nSecond line.\r\n",
+    b"From: a@x.test\nContent-Type: text/plain; charset=iso-8859-1\n\nGr\xfc\xdfe\n",
+    b"From: a@x.test\r\nContent-Type: text/plain; charset=\"utf-8\"\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n\r\nGr\xc3\xbc\xc3\x9fe \xff\r\n",
+    b"From: a@x.test\r\nMIME-Version: 1.0\r\n\r\n",
+])
+def test_plain_fast_path_reads_the_body_as_the_mime_parser_does(raw):
+    from gateway.mail import _PARSER, _extract
+    fast = Mail(raw)
+    assert fast._plain_body() is not None
+    slow = _extract(_PARSER.parsebytes(raw), fast.limits)
+    assert fast.text_body == slow.text and fast.attachments == list(slow.attachments)
+
+
+@pytest.mark.parametrize("raw", [
+    b"Content-Type: text/plain; name=a.txt\r\n\r\nx\r\n",
+    b"Content-Disposition: attachment; filename=a.txt\r\n\r\nx\r\n",
+    b"Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n",
+    b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n",
+])
+def test_plain_fast_path_leaves_everything_else_to_the_parser(raw):
+    assert Mail(raw)._plain_body() is None

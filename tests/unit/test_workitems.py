@@ -689,3 +689,13 @@ def test_r_m5_any_relation_graph_resolves_to_open_items_or_new_ones(seed):
                 assert r.path[-1] == r.ref and target.state != "CLOSED"
                 assert not target.merged_into or lookup(target.merged_into) is None
                 apply_email(target, lookup(target.parent) if target.parent else None)
+
+
+@pytest.mark.parametrize("text", [
+    "Re: [12-T] help", "12-T", "x 12-T.", "ref 007-C and 3-A", "a12-T", "12-Tx", "12-T_",
+    "-T", "1-t", "über 5-A", "٣-T", "1-T1-T", "(99-C)", "12-T-T", "", "x" * 50 + "4-A",
+])
+def test_r_m2_fast_ref_scan_finds_what_the_ref_pattern_finds(text):
+    from gateway.pipeline.match import refs_in_text
+    expected = [canonical_ref(m.group(0)) for m in REF_IN_TEXT.finditer(text)]
+    assert refs_in_text(text) == [r for r in expected if r]
