@@ -41,6 +41,7 @@ class _Job:
     copies: list[Copy] | None = None
     work: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None
     dry_run: bool = False
+    durable: bool = True
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -68,6 +69,9 @@ class SqliteStore:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._broken = False
+        self._last_was_work = False
+        self._sync_full = True
         self._next_message_id = 1
         self._next_email_id = 1
 
@@ -120,7 +124,7 @@ class SqliteStore:
     # -- the writer ------------------------------------------------------------------
 
     def _submit(self, job: _Job) -> asyncio.Future:
-        if self._closing or self._task is None or self._task.done():
+        if self._closing or self._broken or self._task is None or self._task.done():
             raise StoreError("store is closed")
         self._pending.append(job)
         self._wakeup.set()
@@ -136,14 +140,18 @@ class SqliteStore:
         return await self._submit(_Job(future, copies=copies))
 
     async def write(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]], *,
-                    dry_run: bool = False) -> Any:
+                    dry_run: bool = False, durable: bool = True) -> Any:
         """Run ``work`` in its own transaction on the writer connection.
 
         With ``dry_run`` the transaction is rolled back: ``mailgate explain``
-        runs the real pipeline and keeps nothing.
+        runs the real pipeline and keeps nothing. ``durable=False`` commits
+        without waiting for fsync (``synchronous=NORMAL``): for work that can be
+        redone from what is durable, i.e. the pipeline's decisions, which are
+        recomputed from the journal if a power loss takes them. The next durable
+        commit syncs the WAL, and with it everything before it, in order.
         """
         future = asyncio.get_running_loop().create_future()
-        return await self._submit(_Job(future, work=work, dry_run=dry_run))
+        return await self._submit(_Job(future, work=work, dry_run=dry_run, durable=durable))
 
     async def read(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
         """Run ``work`` on the reader connection (committed data only)."""
@@ -152,25 +160,48 @@ class SqliteStore:
 
     async def _run_writer(self) -> None:
         while True:
+            if self._broken:
+                while self._pending:
+                    job = self._pending.popleft()
+                    if not job.future.done():
+                        job.future.set_exception(StoreError("store refuses writes"))
+                return
             if not self._pending:
                 if self._closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            # Journal commits and other work alternate: a pending acknowledgement waits
+            # for at most one work job (a pipeline batch), and work is never starved.
             head = self._pending[0]
-            if head.work is not None:
+            if head.work is not None and not (self._last_was_work and self._journal_pending()):
                 self._pending.popleft()
+                self._last_was_work = True
                 await self._run_work(head)
                 continue
+            self._last_was_work = False
             batch: list[_Job] = []
             count = 0
-            while self._pending and self._pending[0].copies is not None and (
-                    not batch or count + len(self._pending[0].copies) <= self.batch_max):
-                job = self._pending.popleft()
+            for job in list(self._pending):
+                if job.copies is None:
+                    continue
+                if batch and count + len(job.copies) > self.batch_max:
+                    break
+                self._pending.remove(job)
                 batch.append(job)
                 count += len(job.copies)
             await self._commit_copies(batch, count)
+
+    def _journal_pending(self) -> bool:
+        return any(job.copies is not None for job in self._pending)
+
+    async def _set_sync(self, full: bool) -> None:
+        """FULL for anything acknowledged; NORMAL only for work that can be redone."""
+        if self._sync_full != full:
+            assert self._writer is not None
+            await self._writer.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+            self._sync_full = full
 
     async def _commit_copies(self, batch: list[_Job], count: int) -> None:
         db = self._writer
@@ -194,6 +225,15 @@ class SqliteStore:
                 ids.append(email_id)
                 email_id += 1
             results.append(ids)
+        try:
+            await self._set_sync(True)
+        except Exception as exc:
+            log.critical("cannot set synchronous=FULL: %s; the store refuses writes", exc)
+            self._broken = True
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(StoreError("store refuses writes"))
+            return
         try:
             await db.executemany("INSERT INTO messages (id, raw, size, received_at)"
                                  " VALUES (?, ?, ?, ?)", message_rows)
@@ -224,6 +264,7 @@ class SqliteStore:
         db = self._writer
         assert db is not None and job.work is not None
         try:
+            await self._set_sync(job.durable)
             result = await job.work(db)
             if job.dry_run:
                 await db.rollback()

@@ -57,6 +57,10 @@ class Txn:
     def __init__(self, db: aiosqlite.Connection):
         self.db = db
         self.now = time.time()
+        # Outcomes are written once per batch (one statement, not one per copy); until
+        # then this batch's own copies are looked up here (R-D3 within a batch).
+        self._outcomes: list[tuple] = []
+        self._batch_f1: dict[tuple[str, str], int] = {}
 
     async def _one(self, sql: str, params: Iterable = ()) -> Any:
         async with self.db.execute(sql, tuple(params)) as cursor:
@@ -81,11 +85,20 @@ class Txn:
             " FROM emails e JOIN messages m ON m.id = e.message WHERE e.id = ?", (email_id,))
 
     async def set_outcome(self, email_id: int, *, outcome: str, reason: str | None,
-                          targets: list[dict], trace: list[dict], f1: str | None) -> None:
-        await self.db.execute(
-            "UPDATE emails SET state = 'done', outcome = ?, reason = ?, targets = ?, trace = ?,"
-            " f1 = ?, processed_at = ? WHERE id = ?",
-            (outcome, reason, json.dumps(targets), json.dumps(trace), f1, self.now, email_id))
+                          targets: list[dict], trace: list[dict], f1: str | None,
+                          connector: str | None = None) -> None:
+        """Record the decision; written by :meth:`flush_outcomes` at the end of the batch."""
+        self._outcomes.append((outcome, reason, json.dumps(targets), json.dumps(trace), f1,
+                               self.now, email_id))
+        if f1 and connector:
+            self._batch_f1.setdefault((connector, f1), email_id)
+
+    async def flush_outcomes(self) -> None:
+        if self._outcomes:
+            await self.db.executemany(
+                "UPDATE emails SET state = 'done', outcome = ?, reason = ?, targets = ?,"
+                " trace = ?, f1 = ?, processed_at = ? WHERE id = ?", self._outcomes)
+            self._outcomes = []
 
     # -- sent mail (R-S1, R-A3, R-M2 rule 1) -------------------------------------------
 
@@ -108,6 +121,9 @@ class Txn:
     async def f1_seen(self, connector: str, f1: str, before_id: int,
                       since: float = 0.0) -> int | None:
         """An earlier copy on this connector with the same raw bytes (R-D3), within R-D4's window."""
+        in_batch = self._batch_f1.get((connector, f1))
+        if in_batch is not None and in_batch < (before_id or 1 << 62):
+            return in_batch
         row = await self._one("SELECT id FROM emails WHERE connector = ? AND f1 = ? AND id < ?"
                               " AND state = 'done' AND processed_at >= ? LIMIT 1",
                               (connector, f1, before_id or 1 << 62, since))

@@ -2,10 +2,11 @@
 
 DESIGN step 3. A worker takes journaled copies in order, runs the stages on
 each, and commits outcome + effects + events for a whole batch in one
-transaction. Each copy runs inside a savepoint: a copy that makes a stage
-fail is rolled back alone and ends ``unprocessed`` with reason
-``internal_error`` (re-runnable once fixed), so one poison message never
-blocks the queue. A crash anywhere resumes from the journal: a copy is
+transaction. A copy that makes a stage fail fails its batch; the batch then
+runs again with each copy in a savepoint, so the poison copy alone is rolled
+back and ends ``unprocessed`` with reason ``internal_error`` (re-runnable once
+fixed): one bad message never blocks the queue, and the common case pays for
+no savepoints. A crash anywhere resumes from the journal: a copy is
 ``journaled`` until its batch commits, and processing it again from the same
 state gives the same result.
 """
@@ -53,7 +54,7 @@ class PipelineObserver:
 class Runner:
     def __init__(self, store: SqliteStore, directory: Callable[[], Directory],
                  settings: Callable[[], PipelineSettings], *,
-                 observer: PipelineObserver | None = None, batch_size: int = 64,
+                 observer: PipelineObserver | None = None, batch_size: int = 16,
                  stages: tuple[Stage, ...] = STAGES, limits: ParseLimits = ParseLimits()):
         self.store = store
         self.directory = directory
@@ -85,15 +86,23 @@ class Runner:
             await self._task
 
     async def _work(self) -> None:
+        careful = False
         while not self._stopping:
             self._wakeup.clear()
             try:
-                count = await self.store.write(self.process_batch)
-            except Exception:  # the store failed: back off, the journal keeps the mail
-                log.exception("pipeline batch failed; retrying")
-                await asyncio.sleep(1.0)
+                # Not durable: a decision lost to a power cut is made again from the journal.
+                decided = await self.store.write(
+                    lambda db: self.process_batch(db, isolate=careful), durable=False)
+            except Exception:
+                if careful:  # the store itself failed: back off, the journal keeps the mail
+                    log.exception("pipeline batch failed; retrying")
+                    await asyncio.sleep(1.0)
+                careful = True   # run the batch again, each copy in its own savepoint
                 continue
-            if count:
+            careful = False
+            for verdict, ctx in decided:
+                self.observer.outcome(verdict, ctx)
+            if decided:
                 continue
             if time.monotonic() - self._pruned_at > PRUNE_EVERY:
                 await self.prune()
@@ -135,16 +144,22 @@ class Runner:
 
     # -- one batch, one transaction -----------------------------------------------------
 
-    async def process_batch(self, db: aiosqlite.Connection) -> int:
+    async def process_batch(self, db: aiosqlite.Connection, *,
+                            isolate: bool = False) -> list[tuple[Verdict, Context | None]]:
+        """One transaction for a batch. Optimistic: a copy that raises fails the batch,
+        which the worker then runs again with ``isolate`` — each copy in a savepoint,
+        so only the poison copy ends unprocessed (internal_error)."""
         txn = Txn(db)
         rows = await txn.journaled(self.batch_size)
-        for row in rows:
-            await self._process_copy(txn, row, dry_run=False)
-        return len(rows)
+        decided = [await self._process_copy(txn, row, isolate=isolate) for row in rows]
+        await txn.flush_outcomes()
+        return decided
 
-    async def _process_copy(self, txn: Txn, row: tuple, *, dry_run: bool) -> tuple[Verdict, list]:
+    async def _process_copy(self, txn: Txn, row: tuple, *,
+                            isolate: bool) -> tuple[Verdict, Context | None]:
         email_id, connector_name, source, mail_from, rcpt_to, folder_path, raw = row
-        await txn.db.execute("SAVEPOINT copy")
+        if isolate:
+            await txn.db.execute("SAVEPOINT copy")
         ctx = None
         try:
             verdict, ctx = await self.decide(txn, email_id=email_id, connector=connector_name,
@@ -152,6 +167,8 @@ class Runner:
                                              rcpt_to=tuple(json.loads(rcpt_to)),
                                              folder_path=folder_path, raw=bytes(raw))
         except Exception as exc:
+            if not isolate:
+                raise
             log.exception("email %s: pipeline error", email_id)
             await txn.db.execute("ROLLBACK TO copy")
             verdict = Verdict("unprocessed", "internal_error")
@@ -160,15 +177,15 @@ class Runner:
         else:
             trace = [line.to_json() for line in ctx.trace]
             f1 = ctx.f1
-        await txn.db.execute("RELEASE copy")
+        if isolate:
+            await txn.db.execute("RELEASE copy")
         await txn.set_outcome(email_id, outcome=verdict.outcome, reason=verdict.reason or None,
-                              targets=verdict.targets, trace=trace, f1=f1)
+                              targets=verdict.targets, trace=trace, f1=f1,
+                              connector=connector_name)
         if verdict.outcome in ("unprocessed", "ignored"):
             await txn.emit(f"email.{verdict.outcome}", email_id=email_id,
                            connector=connector_name, reason=verdict.reason)
-        if not dry_run:
-            self.observer.outcome(verdict, ctx)
-        return verdict, trace
+        return verdict, ctx
 
     async def decide(self, txn: Txn, *, email_id: int | None, connector: str, source: str,
                      mail_from: str | None, rcpt_to: tuple[str, ...], folder_path: str | None,

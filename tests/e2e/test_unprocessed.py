@@ -71,3 +71,33 @@ async def test_restart_resumes_the_pipeline_from_the_journal(start_gateway):
     await again.pipeline.drain()
     [copy] = await again.store.emails_by_message_id(message["Message-ID"])
     assert (copy.state, copy.outcome) == ("done", "created")
+
+
+async def test_a_copy_that_breaks_a_stage_is_isolated_and_the_rest_go_on(start_gateway,
+                                                                         monkeypatch):
+    from gateway.pipeline import match as match_module
+    original = match_module.Match.run
+
+    async def fragile(self, mail_view, ctx):
+        if mail_view.subject == "poison":
+            raise RuntimeError("a bug in a stage")
+        return await original(self, mail_view, ctx)
+
+    monkeypatch.setattr(match_module.Match, "run", fragile)
+    gw = await start_gateway(connectors=SUPPORT)
+    await gw.pipeline.stop()        # journal three copies, then process them as one batch
+    messages = [mail(to=["support@corp.test"], subject=s, body=s) for s in
+                ("before", "poison", "after")]
+    client = await WireClient.connect(gw.listeners["lmtp"].port)
+    await client.command("LHLO x")
+    from tests.e2e.helpers import WIRE
+    for m in messages:
+        await client.transaction("c@customer.test", ["support@corp.test"], m.as_bytes(policy=WIRE))
+    await client.close()
+    gw.pipeline._stopping = False
+    gw.pipeline.start()
+    await gw.pipeline.drain()
+    outcomes = [(await gw.store.emails_by_message_id(m["Message-ID"]))[0] for m in messages]
+    assert [(c.outcome, c.reason) for c in outcomes] == [
+        ("created", None), ("unprocessed", "internal_error"), ("created", None)]
+    assert "a bug in a stage" in outcomes[1].trace[0]["reason"]
