@@ -54,7 +54,7 @@ class PipelineObserver:
 class Runner:
     def __init__(self, store: SqliteStore, directory: Callable[[], Directory],
                  settings: Callable[[], PipelineSettings], *,
-                 observer: PipelineObserver | None = None, batch_size: int = 16,
+                 observer: PipelineObserver | None = None, batch_size: int = 32,
                  stages: tuple[Stage, ...] = STAGES, limits: ParseLimits = ParseLimits()):
         self.store = store
         self.directory = directory
