@@ -47,10 +47,10 @@ def from_address(connector: Connector, item: WorkItem, mode: str) -> str:
     return f"{local}+{item.ref}@{domain}"
 
 
-def compose_ack(*, item: WorkItem, connector: Connector, to: list[str], cc: list[str],
-                subject: str, in_reply_to: str | None, domain: str, mode: str,
-                hide_plus_in_from: bool) -> tuple[EmailMessage, str]:
-    """R-O5: acknowledge a new work item; marked automated so replies to it are ignored (R-A3)."""
+def _compose(*, item: WorkItem, connector: Connector, to: list[str], cc: list[str],
+             subject: str, in_reply_to: str | None, domain: str, mode: str,
+             hide_plus_in_from: bool) -> tuple[EmailMessage, str]:
+    """What every mail about a work item carries: From (R-O2), Message-ID (R-O3), threading."""
     message = EmailMessage(policy=WIRE_POLICY)
     tagged = from_address(connector, item, mode)
     if hide_plus_in_from and tagged != connector.primary_address:
@@ -61,8 +61,7 @@ def compose_ack(*, item: WorkItem, connector: Connector, to: list[str], cc: list
     message["To"] = ", ".join(clean_header(a) for a in to)
     if cc:
         message["Cc"] = ", ".join(clean_header(a) for a in cc)
-    original = clean_header(subject)[:900]
-    message["Subject"] = f"[{item.ref}] {original}" if original else f"[{item.ref}]"
+    message["Subject"] = subject
     message["Date"] = formatdate(localtime=False)
     message_id = new_message_id(item, domain)
     message["Message-ID"] = message_id
@@ -70,6 +69,18 @@ def compose_ack(*, item: WorkItem, connector: Connector, to: list[str], cc: list
         reference = clean_header(in_reply_to)
         message["In-Reply-To"] = reference
         message["References"] = reference
+    return message, message_id
+
+
+def compose_ack(*, item: WorkItem, subject: str, **common) -> tuple[EmailMessage, str]:
+    """R-O5: acknowledge a new work item; marked automated so replies to it are ignored (R-A3).
+
+    ``common``: connector, to, cc, in_reply_to, domain, mode, hide_plus_in_from.
+    """
+    original = clean_header(subject)[:900]
+    message, message_id = _compose(
+        item=item, subject=f"[{item.ref}] {original}" if original else f"[{item.ref}]",
+        **common)
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "All"
     message.set_content(
@@ -78,26 +89,9 @@ def compose_ack(*, item: WorkItem, connector: Connector, to: list[str], cc: list
     return message, message_id
 
 
-def compose_agent_mail(*, item: WorkItem, connector: Connector, to: list[str], cc: list[str],
-                       subject: str, body: str, in_reply_to: str | None, domain: str,
-                       mode: str, hide_plus_in_from: bool) -> tuple[EmailMessage, str]:
+def compose_agent_mail(*, item: WorkItem, subject: str, body: str,
+                       **common) -> tuple[EmailMessage, str]:
     """R-O6: an agent's mail about a work item; not automated, so auto-replies to it count."""
-    message = EmailMessage(policy=WIRE_POLICY)
-    tagged = from_address(connector, item, mode)
-    if hide_plus_in_from and tagged != connector.primary_address:
-        message["From"] = connector.primary_address
-        message["Reply-To"] = tagged
-    else:
-        message["From"] = tagged
-    message["To"] = ", ".join(clean_header(a) for a in to)
-    if cc:
-        message["Cc"] = ", ".join(clean_header(a) for a in cc)
-    message["Subject"] = clean_header(subject)[:900]
-    message["Date"] = formatdate(localtime=False)
-    message_id = new_message_id(item, domain)
-    message["Message-ID"] = message_id
-    if in_reply_to:
-        message["In-Reply-To"] = clean_header(in_reply_to)
-        message["References"] = clean_header(in_reply_to)
+    message, message_id = _compose(item=item, subject=clean_header(subject)[:900], **common)
     message.set_content(f"{body.rstrip()}\n\n{body_tag(item)}\n")
     return message, message_id
