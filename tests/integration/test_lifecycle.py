@@ -44,6 +44,13 @@ def test_embedded_default_runs_without_a_config_file(serve, tmp_path):
                           f"127.0.0.1:{probe.lmtp_port}", "--to", "support@example.test"],
                          capture_output=True, text=True, timeout=30)
     assert re.search(r"<-\s+250 2\.0\.0 <support@example.test> Ok", run.stdout), run.stdout
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:   # the pipeline decides in the background
+        with sqlite3.connect(tmp_path / "mailgate.db") as db:
+            if db.execute("SELECT COUNT(*) FROM emails WHERE state = 'journaled'").fetchone() \
+                    == (0,):
+                break
+        time.sleep(0.05)
     token = tmp_path / "mailgate.admin-token"
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert token.read_text().strip() not in gw.log()  # a secret never reaches the log
@@ -54,7 +61,10 @@ def test_embedded_default_runs_without_a_config_file(serve, tmp_path):
     assert f"LMTP listening on 127.0.0.1:{probe.lmtp_port}" in log
     assert "swaks --protocol LMTP" in log  # the startup log says how to try it
     with sqlite3.connect(tmp_path / "mailgate.db") as db:
-        assert db.execute("SELECT connector FROM emails").fetchall() == [("support",)]
+        rows = db.execute("SELECT direction, connector, outcome, automated FROM emails"
+                          " ORDER BY id").fetchall()
+    # the whole flow: a Ticket from the demo's fallback route, and its acknowledgement queued
+    assert rows == [("incoming", "support", "created", 0), ("outgoing", "support", None, 1)]
 
 
 async def test_sigterm_finishes_data_in_flight_then_says_421_to_idle_sessions(serve):
