@@ -13,6 +13,7 @@ is acknowledged.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from gateway.config import BootstrapRoute, Settings, parse_listen
 from gateway.directory import AddressBook, Directory
+from gateway.events import EventDispatcher
 from gateway.intake import Intake
 from gateway.model import Connector, Route, RouteRules, RouteTarget, WorkItem
 from gateway.operations import Operations
@@ -63,7 +65,9 @@ class Gateway:
         path = settings.sqlite_path
         assert path is not None, "config validation admits only sqlite URLs"
         self.store = SqliteStore(path, batch_max=settings.storage.commit_batch_max,
-                                 on_commit=self.metrics.observe_commit)
+                                 on_commit=self.metrics.observe_commit,
+                                 on_write=self._wake_events)
+        self.events = EventDispatcher(self.store)
         self.directory = Directory()
         self.intake = Intake(self.store, lambda: self.directory.book,
                              on_received=self._count_received, on_journaled=self._wake_pipeline)
@@ -90,6 +94,8 @@ class Gateway:
     async def start(self) -> None:
         s = self.settings
         await self.store.open()
+        await self._load_runtime_settings()
+        await self.events.start()
         await self._bootstrap_directory()
         await self.reload_directory()
         self.pipeline.start()
@@ -287,6 +293,38 @@ class Gateway:
     async def explain(self, raw: bytes, connector: str, **options):
         return await self.pipeline.explain(raw, connector, **options)
 
+    def on_event(self, callback, types: set[str] | None = None) -> None:
+        """R-X1 for embedding hosts: ``callback(event)`` (plain or async) for every new
+        event, in feed order, after the change that made it has committed."""
+        self.events.subscribe(callback, types)
+
+    # -- runtime settings (SPEC §5.3 /settings) ----------------------------------------
+
+    SETTABLE = {"matching_mode": ("off", "mixed", "plus_only"), "hide_plus_in_from": (True, False)}
+
+    async def _load_runtime_settings(self) -> None:
+        stored = await self.store.settings()
+        known = {k: v for k, v in stored.items() if k in self.SETTABLE}
+        if known:
+            self.pipeline_settings = dataclasses.replace(self.pipeline_settings, **known)
+
+    def runtime_settings(self) -> dict:
+        return {key: getattr(self.pipeline_settings, key) for key in self.SETTABLE}
+
+    async def update_settings(self, **values) -> dict:
+        """Change matching mode / hide_plus_in_from at run time; kept across restarts."""
+        for key, value in values.items():
+            if key not in self.SETTABLE:
+                raise KeyError(key)
+            if value not in self.SETTABLE[key] or type(value) is not type(self.SETTABLE[key][0]):
+                raise ValueError(key)
+        await self.store.save_settings(values)
+        self.pipeline_settings = dataclasses.replace(self.pipeline_settings, **values)
+        return self.runtime_settings()
+
+    def _wake_events(self) -> None:
+        self.events.wake()
+
     def _wake_pipeline(self) -> None:
         self.pipeline.wake()
 
@@ -330,6 +368,7 @@ class Gateway:
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         await self.pipeline.stop()
+        await self.events.stop()
         await self.store.close()
         self.metrics.draining.set(0)
         log.info("stopped after draining for %.2fs", time.monotonic() - started)

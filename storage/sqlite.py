@@ -58,10 +58,12 @@ class SqliteStore:
     """Store protocol on SQLite. Open with :meth:`open`, close with :meth:`close`."""
 
     def __init__(self, path: str, *, batch_max: int = 256,
-                 on_commit: CommitObserver | None = None):
+                 on_commit: CommitObserver | None = None,
+                 on_write: Callable[[], None] | None = None):
         self.path = path
         self.batch_max = batch_max
         self.on_commit = on_commit
+        self.on_write = on_write        # after a work job commits (events may be new)
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._pending: collections.deque[_Job] = collections.deque()
@@ -272,6 +274,8 @@ class SqliteStore:
                 await db.commit()
             # work may have added messages or emails (outgoing mail) with ids of its own
             await self._reset_id_counters()
+            if self.on_write is not None and not job.dry_run:
+                self.on_write()
         except Exception as exc:
             await self._rollback_quietly()
             if not job.future.done():
@@ -370,6 +374,38 @@ class SqliteStore:
                 " WHERE e.id = ?", (email_id,)) as cursor:
             row = await cursor.fetchone()
         return self._email(row) if row else None
+
+    async def events(self, after: int = 0, limit: int = 100) -> list[dict]:
+        """R-X1: the ordered events feed, oldest first, ids strictly increasing."""
+        assert self._reader is not None
+        async with self._reader.execute(
+                "SELECT id, type, ref, email_id, data, created_at FROM events WHERE id > ?"
+                " ORDER BY id LIMIT ?", (after, limit)) as cursor:
+            rows = await cursor.fetchall()
+        return [{"id": r["id"], "type": r["type"], "ref": r["ref"], "email_id": r["email_id"],
+                 "data": json.loads(r["data"]), "created_at": r["created_at"]} for r in rows]
+
+    async def last_event_id(self) -> int:
+        assert self._reader is not None
+        async with self._reader.execute("SELECT COALESCE(MAX(id), 0) FROM events") as cursor:
+            (last,) = await cursor.fetchone()
+        return last
+
+    async def settings(self) -> dict:
+        assert self._reader is not None
+        async with self._reader.execute("SELECT key, value FROM settings") as cursor:
+            return {r["key"]: json.loads(r["value"]) for r in await cursor.fetchall()}
+
+    async def save_settings(self, values: dict) -> None:
+        now = time.time()
+
+        async def work(db: aiosqlite.Connection) -> None:
+            await db.executemany(
+                "INSERT INTO settings (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                [(k, json.dumps(v), now) for k, v in values.items()])
+        await self.write(work)
 
     async def unprocessed(self, limit: int = 100, after: int = 0) -> list[EmailRecord]:
         """R-U1: copies no rule could place, oldest first."""
