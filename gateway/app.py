@@ -26,6 +26,7 @@ from aiohttp import web
 from gateway.config import BootstrapRoute, Settings, parse_listen
 from gateway.directory import AddressBook, Directory
 from gateway.events import EventDispatcher
+from gateway.webhooks import WebhookSender
 from gateway.intake import Intake
 from gateway.model import Connector, Route, RouteRules, RouteTarget, WorkItem
 from gateway.operations import Operations
@@ -68,6 +69,9 @@ class Gateway:
                                  on_commit=self.metrics.observe_commit,
                                  on_write=self._wake_events)
         self.events = EventDispatcher(self.store)
+        self.webhooks = [WebhookSender(self.store, hook) for hook in settings.webhooks]
+        for sender in self.webhooks:
+            self.events.subscribe(sender.wake)
         self.directory = Directory()
         self.intake = Intake(self.store, lambda: self.directory.book,
                              on_received=self._count_received, on_journaled=self._wake_pipeline)
@@ -96,6 +100,8 @@ class Gateway:
         await self.store.open()
         await self._load_runtime_settings()
         await self.events.start()
+        for sender in self.webhooks:
+            await sender.start()
         await self._bootstrap_directory()
         await self.reload_directory()
         self.pipeline.start()
@@ -369,6 +375,8 @@ class Gateway:
             await self.http_runner.cleanup()
         await self.pipeline.stop()
         await self.events.stop()
+        for sender in self.webhooks:
+            await sender.stop()
         await self.store.close()
         self.metrics.draining.set(0)
         log.info("stopped after draining for %.2fs", time.monotonic() - started)

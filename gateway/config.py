@@ -168,6 +168,15 @@ class DirectorySection:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """R-X1: the events feed POSTed to a URL, HMAC-SHA256-signed, retried with backoff."""
+    url: str = ""
+    secret: str = ""
+    secret_file: str = ""
+    types: tuple[str, ...] = ()          # empty: every event
+
+
+@dataclass(frozen=True)
 class Settings:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     storage: StorageSection = field(default_factory=StorageSection)
@@ -180,6 +189,7 @@ class Settings:
     outbound: OutboundSection = field(default_factory=OutboundSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     directory: DirectorySection = field(default_factory=DirectorySection)
+    webhooks: tuple[Webhook, ...] = ()
     source: str = "<embedded default>"
 
     @property
@@ -204,7 +214,8 @@ POSITIVE_KEYS = {"max_message_size", "max_recipients", "max_line_length", "max_h
                  "commit_batch_max", "window_days", "timeout", "drain_timeout"}
 
 
-TABLE_ARRAYS = {"connectors": BootstrapConnector, "routes": BootstrapRoute, "dkim": DkimKey}
+TABLE_ARRAYS = {"connectors": BootstrapConnector, "routes": BootstrapRoute, "dkim": DkimKey,
+                "webhooks": Webhook}
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -471,6 +482,13 @@ def _check_cross_field(settings: Settings, loader: _Loader) -> None:
         loader.problem("outbound.default_gateway", "host",
                        "[outbound] enabled = true needs a system default gateway: set "
                        "[outbound.default_gateway] host (R-O1)")
+    for hook in settings.webhooks:
+        if not re.fullmatch(r"https?://[^\s/]+\S*", hook.url):
+            loader.problem("webhooks", "url", f"[[webhooks]] url {hook.url!r} is not an "
+                           "http(s) URL")
+        if not (hook.secret or hook.secret_file):
+            loader.problem("webhooks", "secret", "[[webhooks]] needs secret or secret_file: "
+                           "receivers verify the X-Mailgate-Signature with it")
     named = {c.name for c in settings.directory.connectors}
     for route in settings.directory.routes:
         if route.connector not in named:
