@@ -59,6 +59,7 @@ class Operations:
                               contacts: list[str] | None = None,
                               send_automated_emails: bool = False) -> WorkItem:
         async def work(txn: Txn) -> WorkItem:
+            await _connector(txn, connector)
             parent_item = await self._get(txn, parent, "parent") if parent else None
             workitems.check_new(kind, state, parent_item, wait_type=wait_type, mode=mode)
             number = await txn.next_number()
@@ -85,7 +86,8 @@ class Operations:
         return await self._in_txn(work)
 
     async def split(self, ref: str, children: int) -> list[WorkItem]:
-        if not isinstance(children, int) or not 1 <= children <= 100:
+        if isinstance(children, bool) or not isinstance(children, int) \
+                or not 1 <= children <= 100:
             raise RuleViolation("R-W3", "children must be a number from 1 to 100", "children")
 
         async def work(txn: Txn) -> list[WorkItem]:
@@ -146,7 +148,13 @@ class Operations:
                          in_reply_to: str | None = None) -> tuple[int, str]:
         """R-O6: an agent's mail, appended to the item as outgoing and queued for delivery.
         Returns (email id, Message-ID)."""
-        from gateway.outbound import compose_agent_mail
+        from gateway.outbound import compose_agent_mail, plain_address
+
+        for field, addresses in (("to", to), ("cc", cc)):
+            bad = [a for a in addresses if not plain_address(a)]
+            if bad or (field == "to" and not addresses):
+                raise RuleViolation("R-O6", f"{field}: plain addresses like a@example.com only,"
+                                    f" got {bad or 'none'}", field)
 
         async def work(txn: Txn) -> tuple[int, str]:
             item = await self._get(txn, ref)

@@ -21,12 +21,20 @@ from gateway.model import Connector, WorkItem
 # breaking R-M2 rule 1 for whoever replies).
 WIRE_POLICY = policy.SMTP.clone(max_line_length=998)
 
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}")
+_MESSAGE_ID = re.compile(r"<[^<>\s]{1,995}>")
+
 _LINE_BREAKS = re.compile(r"[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
 
 
 def clean_header(value: str) -> str:
     """One line, no control breaks: safe to put in a header (reliability A6)."""
     return _LINE_BREAKS.sub(" ", value).strip()
+
+
+def plain_address(address: str) -> bool:
+    """An ASCII ``local@domain`` the email package writes verbatim (no encoded-words)."""
+    return bool(_PLAIN_ADDRESS.fullmatch(address))
 
 
 def new_message_id(item: WorkItem, domain: str) -> str:
@@ -65,8 +73,8 @@ def _compose(*, item: WorkItem, connector: Connector, to: list[str], cc: list[st
     message["Date"] = formatdate(localtime=False)
     message_id = new_message_id(item, domain)
     message["Message-ID"] = message_id
-    if in_reply_to:
-        reference = clean_header(in_reply_to)
+    reference = clean_header(in_reply_to or "")
+    if _MESSAGE_ID.fullmatch(reference):    # anything else would be junk in the header
         message["In-Reply-To"] = reference
         message["References"] = reference
     return message, message_id

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.api import connectors, emails, events
+from gateway.api import connectors, emails, events, workitems
 from gateway.api.errors import api_error
 from metrics import CONTENT_TYPE_LATEST
 
@@ -76,5 +76,6 @@ def build_app(gateway: "Gateway") -> web.Application:
     app.router.add_get("/metrics", metrics)
     emails.register(app.router, GATEWAY)
     connectors.register(app.router, GATEWAY)
+    workitems.register(app.router, GATEWAY)
     events.register(app.router, GATEWAY)
     return app
