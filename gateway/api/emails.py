@@ -114,6 +114,44 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
                              " can be re-run", "id")
         return web.json_response({"id": email_id, "state": "journaled"}, status=202)
 
+    async def place(request: web.Request, **target) -> web.Response:
+        email_id = _email_id(request)
+        gateway = request.app[key]
+        try:
+            verdict = await gateway.pipeline.place(email_id if email_id is not None else -1,
+                                                   **target)
+        except LookupError as exc:
+            what = str(exc).strip("'")
+            field = what if what in ("ref", "route_id") else "id"
+            return api_error(404 if field == "id" else 422, "not_found",
+                             f"R-U1: no such {field}", field)
+        except ValueError as exc:
+            return api_error(409, "not_unprocessed", f"R-U1: {exc}", "id")
+        return web.json_response({"id": email_id, "outcome": verdict.outcome,
+                                  "reason": verdict.reason or None,
+                                  "targets": verdict.targets})
+
+    async def body_of(request: web.Request, field: str, kind: type) -> object:
+        try:
+            body = await request.json()
+        except ValueError:
+            return api_error(400, "invalid_json", "the body is not JSON")
+        if not isinstance(body, dict) or not isinstance(body.get(field), kind) \
+                or isinstance(body.get(field), bool) or set(body) != {field}:
+            return api_error(422, "invalid", f"send {{\"{field}\": ...}} only", field)
+        return body[field]
+
+    async def attach(request: web.Request) -> web.Response:
+        ref = await body_of(request, "ref", str)
+        return ref if isinstance(ref, web.Response) else await place(request, ref=ref)
+
+    async def create(request: web.Request) -> web.Response:
+        route_id = await body_of(request, "route_id", int)
+        return route_id if isinstance(route_id, web.Response) else \
+            await place(request, route_id=route_id)
+
+    router.add_post("/api/v1/unprocessed/{id}/attach", attach)
+    router.add_post("/api/v1/unprocessed/{id}/create", create)
     router.add_get("/api/v1/unprocessed", unprocessed)
     router.add_post("/api/v1/unprocessed/{id}/reprocess", reprocess)
     router.add_get("/api/v1/emails", find)

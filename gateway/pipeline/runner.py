@@ -243,6 +243,68 @@ class Runner:
 
         return await self.store.write(dry, dry_run=True)
 
+    async def place(self, email_id: int, *, ref: str | None = None,
+                    route_id: int | None = None) -> Verdict:
+        """R-U1: the host attaches an unprocessed email to a work item (``ref``), or creates
+        one through a route it chooses (``route_id``). The apply stage does the work, so
+        R-E1..R-E6, R-D2 and the acknowledgement rules hold as for any other mail.
+        Raises LookupError (unknown email, ref or route) or ValueError (not unprocessed)."""
+        from gateway import workitems
+        from gateway.pipeline import fingerprints
+        from gateway.pipeline.auto_generated import detect
+
+        async def job(db: aiosqlite.Connection) -> Verdict:
+            txn = Txn(db)
+            row = await txn.copy_row(email_id)
+            state = await txn._one("SELECT outcome, direction, trace FROM emails WHERE id = ?",
+                                   (email_id,))
+            if row is None or state is None:
+                raise LookupError("email")
+            if state[0] != "unprocessed" or state[1] != "incoming":
+                raise ValueError("only an unprocessed incoming email can be placed by hand")
+            _, connector_name, source, mail_from, rcpt_to, folder_path, raw = row
+            directory = self.directory()
+            connector = directory.connectors.get(connector_name)
+            if connector is None:
+                raise LookupError("connector")
+            mail = Mail(bytes(raw), email_id=email_id, connector=connector_name, source=source,
+                        mail_from=mail_from, rcpt_to=tuple(json.loads(rcpt_to)),
+                        folder_path=folder_path, limits=self.limits)
+            ctx = Context(mail=mail, connector=connector, directory=directory,
+                          settings=self.settings(), txn=txn)
+            ctx.f1 = fingerprints.f1(mail.raw)
+            ctx.fingerprints = (ctx.f1, "F2:" + fingerprints.f2(mail),
+                                "F3:" + fingerprints.f3(mail))
+            ctx.autogen_rule = detect(mail, extended=ctx.settings.autogen_extended,
+                                      disabled=ctx.settings.autogen_disabled)
+            if ref is not None:
+                canonical = workitems.canonical_ref(ref) or ref
+                if await txn.workitem(canonical) is None:
+                    raise LookupError("ref")
+                ctx.resolved = [workitems.Resolution(canonical, None, (canonical,), "attached")]
+                how = f"attached to {canonical} by the host"
+            else:
+                route = next((r for r in await txn.routes(connector_name) if r.id == route_id),
+                             None)
+                if route is None:
+                    raise LookupError("route_id")
+                ctx.routed = [("*" if route.wildcard else route.email_address, route)]
+                how = f"created through route {route.id} by the host"
+            started = time.perf_counter()
+            verdict = await Apply().run(mail, ctx)
+            trace = json.loads(state[2]) + [
+                TraceLine("host", verdict.outcome, "; ".join(x for x in (how, ctx.take_notes(),
+                                                                            verdict.reason) if x),
+                          [t["ref"] for t in verdict.targets],
+                          (time.perf_counter() - started) * 1000).to_json()]
+            await txn.set_outcome(email_id, outcome=verdict.outcome,
+                                  reason=verdict.reason or None, targets=verdict.targets,
+                                  trace=trace, f1=ctx.f1, connector=connector_name)
+            await txn.flush_outcomes()
+            return verdict
+
+        return await self.store.write(job)
+
     async def reprocess(self, email_id: int) -> bool:
         """R-U1: put an unprocessed email back in the journal (after a route fix, say).
         Only unprocessed mail: a placed email run again could change nothing but its record."""

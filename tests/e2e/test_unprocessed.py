@@ -101,3 +101,32 @@ async def test_a_copy_that_breaks_a_stage_is_isolated_and_the_rest_go_on(start_g
     assert [(c.outcome, c.reason) for c in outcomes] == [
         ("created", None), ("unprocessed", "internal_error"), ("created", None)]
     assert "a bug in a stage" in outcomes[1].trace[0]["reason"]
+
+
+async def test_r_u1_unprocessed_mail_can_be_attached_or_used_to_create(start_gateway):
+    gw = await start_gateway(connectors=SUPPORT)
+    item = await gw.create_workitem(kind="Ticket", connector="support")
+    await gw.transition(item.ref, "WAITING", "more_info")
+    [first] = await deliver(gw, mail(to=["help@corp.test"], subject="one"))
+    [second] = await deliver(gw, mail(to=["help@corp.test"], subject="two", body="x"))
+    assert first.outcome == second.outcome == "unprocessed"
+    fallback = next(r for r in gw.directory.routes["support"].candidates("support@corp.test")
+                    if r.fallback)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gw.http_port}") as http:
+        async with http.post(f"/api/v1/unprocessed/{first.id}/attach",
+                             json={"ref": item.ref}, headers=AUTH) as r:
+            body = await r.json()
+        assert body["targets"] == [{"ref": item.ref, "action": "appended"}]
+        assert (await gw.workitem(item.ref)).state == "TO_DO"          # R-E2 applies
+        async with http.post(f"/api/v1/unprocessed/{second.id}/create",
+                             json={"route_id": fallback.id}, headers=AUTH) as r:
+            created = await r.json()
+        assert created["outcome"] == "created"
+        async with http.post(f"/api/v1/unprocessed/{second.id}/create",
+                             json={"route_id": fallback.id}, headers=AUTH) as r:
+            assert r.status == 409                                       # no longer unprocessed
+        async with http.post(f"/api/v1/unprocessed/{first.id}/attach",
+                             json={"ref": 5}, headers=AUTH) as r:
+            assert r.status == 422
+    record = await gw.store.email(first.id)
+    assert record.outcome == "appended" and record.trace[-1]["stage"] == "host"
