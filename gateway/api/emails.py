@@ -59,10 +59,11 @@ def email_json(record: EmailRecord, raw: bytes, *, detail: bool = False) -> dict
 
 
 def _email_id(request: web.Request) -> int | None:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
+    """The id in the path, or None when it cannot name a row (SQLite ids are 64-bit)."""
+    text = request.match_info["id"]
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
         return None
+    return int(text)
 
 
 def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
@@ -98,9 +99,12 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
     async def unprocessed(request: web.Request) -> web.Response:
         try:
             after = int(request.query.get("after", "0"))
-            limit = min(int(request.query.get("limit", "100")), 1000)
+            limit = int(request.query.get("limit", "100"))
         except ValueError:
             return api_error(400, "invalid_parameter", "after and limit are integers", "after")
+        if not 0 <= after < 1 << 62 or not 1 <= limit <= 1000:
+            return api_error(400, "invalid_parameter", "0 <= after, 1 <= limit <= 1000",
+                             "limit" if 0 <= after < 1 << 62 else "after")
         store = request.app[key].store
         records = await store.unprocessed(limit, after)
         items = [email_json(r, await store.raw(r.id) or b"") for r in records]

@@ -21,9 +21,9 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
             return api_error(400, "invalid_parameter", "after and limit are integers", "after")
-        if after < 0 or not 1 <= limit <= 1000:
+        if not 0 <= after < 1 << 62 or not 1 <= limit <= 1000:
             return api_error(400, "invalid_parameter", "after >= 0, 1 <= limit <= 1000",
-                             "limit" if after >= 0 else "after")
+                             "limit" if 0 <= after < 1 << 62 else "after")
         events = await request.app[key].store.events(after, limit)
         return web.json_response({"events": [event_json(e) for e in events],
                                   "last": events[-1]["id"] if events else after})

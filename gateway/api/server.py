@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 GATEWAY = web.AppKey("gateway", object)
-OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"}
 
 
 @web.middleware
@@ -63,6 +63,12 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    from gateway.api.openapi import document
+    from gateway.app import VERSION
+    return web.json_response(document(VERSION))
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = request.app[GATEWAY].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -74,6 +80,7 @@ def build_app(gateway: "Gateway") -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/openapi.json", openapi_json)
     emails.register(app.router, GATEWAY)
     connectors.register(app.router, GATEWAY)
     workitems.register(app.router, GATEWAY)

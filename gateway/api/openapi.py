@@ -1,0 +1,189 @@
+"""``/api/v1/openapi.json``: the API as the server really serves it (SPEC §5.3).
+
+Kept beside the handlers and checked by schemathesis in the test suite
+(tests/integration/test_openapi.py): every response the server gives must
+validate against this document, and none may be a 5xx. Every error of every
+operation has the one shape ``{"error": {"code", "message", "field"}}``.
+"""
+from __future__ import annotations
+
+from gateway.model import MODES, STATES
+
+S = {"type": "string"}
+NULLABLE_S = {"type": ["string", "null"]}
+INT = {"type": "integer"}
+BOOL = {"type": "boolean"}
+STR_LIST = {"type": "array", "items": S}
+
+
+def obj(properties: dict, required: list[str] | None = None, extra: bool = True) -> dict:
+    schema = {"type": "object", "properties": properties,
+              "required": required if required is not None else list(properties)}
+    if not extra:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+SCHEMAS = {
+    "Error": obj({"error": obj({"code": S, "message": S, "field": NULLABLE_S})}),
+    "Target": obj({"ref": S, "action": {"type": "string", "enum": ["created", "appended"]}}),
+    "TraceLine": obj({"stage": S, "verdict": S, "reason": S, "matched": STR_LIST,
+                      "duration_ms": {"type": "number"}}),
+    "Email": obj({
+        "id": INT, "message_id": NULLABLE_S, "subject": NULLABLE_S, "connector": S,
+        "direction": {"type": "string", "enum": ["incoming", "outgoing"]}, "source": S,
+        "state": S, "outcome": NULLABLE_S, "reason": NULLABLE_S,
+        "targets": {"type": "array", "items": ref("Target")}, "received_at": S, "size": INT,
+        "envelope": obj({"mail_from": NULLABLE_S, "rcpt_to": STR_LIST}),
+        "folder_path": S}, required=["id", "message_id", "subject", "connector", "direction",
+                                    "source", "outcome", "reason", "targets", "received_at"]),
+    "Id": {"type": "integer"},
+    "EmailList": obj({"emails": {"type": "array", "items": ref("Email")}}),
+    "WorkItem": obj({
+        "ref": S, "kind": {"type": "string", "enum": ["Ticket", "Case", "Action"]}, "uuid": S,
+        "connector": S, "mode": {"type": "string", "enum": list(MODES)},
+        "state": {"type": "string", "enum": list(STATES)}, "wait_type": NULLABLE_S,
+        "new_info": BOOL, "parent": NULLABLE_S, "split_into": STR_LIST,
+        "merged_into": NULLABLE_S, "converted_to": NULLABLE_S, "linked": STR_LIST,
+        "copied_from": NULLABLE_S, "contacts": STR_LIST, "custom_data": {"type": "object"},
+        "send_automated_emails": BOOL, "created_at": S, "updated_at": S}),
+    "Event": obj({"id": INT, "type": S, "ref": NULLABLE_S, "email_id": {"type": ["integer", "null"]},
+                  "data": {"type": "object"}, "created_at": S}),
+    "Settings": obj({"mode": {"type": "string", "enum": ["off", "mixed", "plus_only"]},
+                     "hide_plus_in_from": BOOL}),
+    "Placed": obj({"id": INT, "outcome": S, "reason": NULLABLE_S,
+                   "targets": {"type": "array", "items": ref("Target")}}),
+}
+
+ERROR = {"description": "refused; the message names the rule (R-…) it breaks",
+         "content": {"application/json": {"schema": ref("Error")}}}
+
+
+def answer(schema: dict | None, status: str = "200", description: str = "ok") -> dict:
+    responses: dict = {"default": ERROR}
+    if schema is None:
+        responses[status] = {"description": description}
+    else:
+        responses[status] = {"description": description,
+                             "content": {"application/json": {"schema": schema}}}
+    return responses
+
+
+def body(schema: dict, required: bool = True) -> dict:
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+def path_param(name: str, schema: dict = S) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def query(name: str, schema: dict = S, required: bool = False) -> dict:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+REF_PATH = path_param("ref")
+EMAIL_ID = path_param("id", INT)
+ITEM = answer(ref("WorkItem"))
+
+
+def paths() -> dict:
+    v1 = "/api/v1"
+    workitem = f"{v1}/workitems/{{ref}}"
+    return {
+        "/healthz": {"get": {"security": [], "responses": answer(obj({"status": S}))}},
+        "/readyz": {"get": {"security": [], "responses": {
+            "200": {"description": "ready", "content": {"application/json": {
+                "schema": obj({"ready": BOOL, "checks": {"type": "object"}})}}},
+            "503": {"description": "not ready (draining, store down)", "content": {
+                "application/json": {"schema": obj({"ready": BOOL,
+                                                    "checks": {"type": "object"}})}}}}}},
+        f"{v1}/emails": {"get": {"parameters": [query("message_id", S, True)],
+                                 "responses": answer(ref("EmailList"))}},
+        f"{v1}/emails/{{id}}": {"get": {"parameters": [EMAIL_ID],
+                                        "responses": answer(ref("Email"))}},
+        f"{v1}/emails/{{id}}/raw": {"get": {"parameters": [EMAIL_ID], "responses": {
+            "default": ERROR, "200": {"description": "the message exactly as received",
+                                      "content": {"message/rfc822": {"schema": S}}}}}},
+        f"{v1}/unprocessed": {"get": {"parameters": [query("after", INT), query("limit", INT)],
+                                      "responses": answer(ref("EmailList"))}},
+        f"{v1}/unprocessed/{{id}}/reprocess": {"post": {
+            "parameters": [EMAIL_ID],
+            "responses": answer(obj({"id": INT, "state": S}), "202", "back in the journal")}},
+        f"{v1}/unprocessed/{{id}}/attach": {"post": {
+            "parameters": [EMAIL_ID], "requestBody": body(obj({"ref": S}, extra=False)),
+            "responses": answer(ref("Placed"))}},
+        f"{v1}/unprocessed/{{id}}/create": {"post": {
+            "parameters": [EMAIL_ID], "requestBody": body(obj({"route_id": INT}, extra=False)),
+            "responses": answer(ref("Placed"))}},
+        f"{v1}/events": {"get": {
+            "parameters": [query("after", {"type": "integer", "minimum": 0}),
+                           query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})],
+            "responses": answer(obj({"events": {"type": "array", "items": ref("Event")},
+                                     "last": INT}))}},
+        f"{v1}/settings": {
+            "get": {"responses": answer(ref("Settings"))},
+            "patch": {"requestBody": body(obj(
+                {"mode": {"type": "string", "enum": ["off", "mixed", "plus_only"]},
+                 "hide_plus_in_from": BOOL}, required=[], extra=False)),
+                "responses": answer(ref("Settings"))}},
+        f"{v1}/workitems": {
+            "get": {"parameters": [query("connector"), query("state"), query("mode"),
+                                   query("limit", {"type": "integer", "minimum": 1,
+                                                   "maximum": 1000})],
+                    "responses": answer(obj({"workitems": {"type": "array",
+                                                           "items": ref("WorkItem")}}))},
+            "post": {"requestBody": body(obj({
+                "kind": {"type": "string", "enum": ["Ticket", "Case", "Action"]},
+                "connector": S, "parent": NULLABLE_S, "mode": S, "state": S,
+                "wait_type": NULLABLE_S, "custom_data": {"type": "object"},
+                "contacts": STR_LIST, "send_automated_emails": BOOL},
+                required=["kind", "connector"], extra=False)),
+                "responses": answer(ref("WorkItem"), "201", "created")}},
+        workitem: {"get": {"parameters": [REF_PATH], "responses": ITEM}},
+        f"{workitem}/transition": {"post": {
+            "parameters": [REF_PATH],
+            "requestBody": body(obj({"state": S, "wait_type": NULLABLE_S}, ["state"], False)),
+            "responses": ITEM}},
+        f"{workitem}/split": {"post": {
+            "parameters": [REF_PATH], "requestBody": body(obj({"children": INT}, extra=False)),
+            "responses": answer(obj({"children": {"type": "array", "items": ref("WorkItem")}}),
+                                "201", "the new child Tickets")}},
+        f"{workitem}/merge": {"post": {
+            "parameters": [REF_PATH], "requestBody": body(obj({"into": S}, extra=False)),
+            "responses": ITEM}},
+        f"{workitem}/convert": {"post": {
+            "parameters": [REF_PATH], "requestBody": body(obj({}, [], False), required=False),
+            "responses": answer(ref("WorkItem"), "201", "the Case")}},
+        f"{workitem}/link": {"post": {
+            "parameters": [REF_PATH], "requestBody": body(obj({"ref": S}, extra=False)),
+            "responses": ITEM}},
+        f"{workitem}/parent": {"post": {
+            "parameters": [REF_PATH], "requestBody": body(obj({"parent": NULLABLE_S},
+                                                              extra=False)),
+            "responses": ITEM}},
+        f"{workitem}/emails": {
+            "get": {"parameters": [REF_PATH], "responses": answer(ref("EmailList"))},
+            "post": {"parameters": [REF_PATH], "requestBody": body(obj(
+                {"to": STR_LIST, "cc": STR_LIST, "subject": S, "body": S,
+                 "in_reply_to": NULLABLE_S}, ["to", "subject", "body"], False)),
+                "responses": answer(obj({"id": INT, "message_id": S}), "202", "queued")}},
+    }
+
+
+def document(version: str) -> dict:
+    """The OpenAPI 3.1 document; handlers registered elsewhere add their own paths."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mailgate", "version": version,
+                 "description": "Mail gateway for case management (SPEC §5.3). Errors are "
+                                "{\"error\": {\"code\", \"message\", \"field\"}} naming the "
+                                "rule they enforce."},
+        "components": {"schemas": SCHEMAS, "securitySchemes": {
+            "admin": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"admin": []}],
+        "paths": paths(),
+    }
