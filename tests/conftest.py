@@ -61,3 +61,27 @@ async def start_gateway(tmp_path):
     yield start
     for gw in started:
         await gw.stop()
+
+
+async def run_sql(path, *statements: str) -> list:
+    """Run SQL on the gateway's database from another connection, *off the event loop*.
+
+    A blocking sqlite3 call on the loop would freeze the gateway's writer mid-transaction
+    while this connection waits for its lock: a deadlock ending in "database is locked".
+    Returns the rows of the last statement.
+    """
+    import asyncio
+    import sqlite3
+
+    def run() -> list:
+        with sqlite3.connect(path, timeout=30) as db:
+            rows: list = []
+            for statement in statements:
+                rows = db.execute(statement).fetchall()
+            return rows
+
+    return await asyncio.to_thread(run)
+
+
+FAIL_EMAIL_INSERTS = ("CREATE TRIGGER fail BEFORE INSERT ON emails "
+                      "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END")

@@ -5,6 +5,7 @@ import pytest
 
 from gateway.config import MatchingSection
 from tests.e2e.helpers import ACKING_FALLBACKS, DEPARTMENTS, deliver, mail, outgoing
+from tests.conftest import run_sql
 
 
 @pytest.fixture
@@ -61,9 +62,8 @@ async def test_r_e6_every_change_emits_an_event(gw, tmp_path):
     ref = await new_ticket(gw)
     await gw.transition(ref, "WAITING", "more_info")
     await reply_by_subject(gw, ref)
-    import sqlite3
-    with sqlite3.connect(tmp_path / "mailgate.db") as db:
-        events = [(t, r) for t, r in db.execute("SELECT type, ref FROM events ORDER BY id")]
+    events = [tuple(row) for row in await run_sql(tmp_path / "mailgate.db",
+                                                  "SELECT type, ref FROM events ORDER BY id")]
     assert events == [("workitem.created", ref), ("outbound.queued", ref),
                       ("workitem.state_changed", ref), ("workitem.state_changed", ref),
                       ("email.appended", ref)]
@@ -254,11 +254,10 @@ async def test_r_d2_same_visible_content_again_is_a_duplicate_for_that_target(gw
 
 
 async def test_r_d4_fingerprints_older_than_the_window_are_pruned(gw, tmp_path):
-    import sqlite3
     [a] = await deliver(gw, mail(subject="Old", body="Old body."))
-    with sqlite3.connect(tmp_path / "mailgate.db") as db:
-        db.execute("UPDATE fingerprints SET created_at = created_at - 31 * 86400")
-        db.execute("UPDATE emails SET processed_at = processed_at - 31 * 86400")
+    await run_sql(tmp_path / "mailgate.db",
+                  "UPDATE fingerprints SET created_at = created_at - 31 * 86400",
+                  "UPDATE emails SET processed_at = processed_at - 31 * 86400")
     assert await gw.pipeline.prune() > 0
     [b] = await deliver(gw, mail(subject="Old", body="Old body."))
     assert b.outcome == "created"

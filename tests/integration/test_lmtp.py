@@ -4,13 +4,13 @@ from __future__ import annotations
 import asyncio
 import re
 import smtplib
-import sqlite3
 import subprocess
 
 import aiosmtpd
 import pytest
 
 from tests.wire import WireClient, message
+from tests.conftest import FAIL_EMAIL_INSERTS, run_sql
 
 
 def lmtp_port(gw) -> int:
@@ -77,9 +77,7 @@ async def test_r_i1_one_reply_per_accepted_recipient_in_rcpt_order(gateway):
 
 
 async def test_r_i1_storage_failure_answers_451_4_3_0_for_every_recipient(gateway, tmp_path):
-    with sqlite3.connect(tmp_path / "mailgate.db") as db:
-        db.execute("CREATE TRIGGER fail BEFORE INSERT ON emails "
-                   "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END")
+    await run_sql(tmp_path / "mailgate.db", FAIL_EMAIL_INSERTS)
     client = await WireClient.connect(lmtp_port(gateway))
     await client.command("LHLO test")
     rcpts = ["support@example.test", "sales@example.test", "help@example.test"]
@@ -88,8 +86,7 @@ async def test_r_i1_storage_failure_answers_451_4_3_0_for_every_recipient(gatewa
     assert [r.code for r in replies] == [451, 451, 451]
     assert all(" 4.3.0 " in r.text for r in replies)
     assert await gateway.store.count_emails() == 0
-    with sqlite3.connect(tmp_path / "mailgate.db") as db:
-        db.execute("DROP TRIGGER fail")
+    await run_sql(tmp_path / "mailgate.db", "DROP TRIGGER fail")
     _, replies = await client.transaction("a@customer.test", rcpts,
                                           message(message_id="<fail@customer.test>"))
     assert [r.code for r in replies] == [250, 250, 250]

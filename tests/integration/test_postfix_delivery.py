@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import email
 import re
-import sqlite3
 from email import policy
 
 import pytest
 
 from tests.integration.postfix import PostfixInstance
+from tests.conftest import FAIL_EMAIL_INSERTS, run_sql
 
 pytestmark = pytest.mark.postfix
 
@@ -68,9 +68,7 @@ async def test_r_i1_postfix_gets_one_reply_per_recipient(gateway, postfix):
 
 
 async def test_r_i1_storage_failure_keeps_the_mail_queued_in_postfix(gateway, postfix, tmp_path):
-    with sqlite3.connect(tmp_path / "mailgate.db") as db:
-        db.execute("CREATE TRIGGER fail BEFORE INSERT ON emails "
-                   "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END")
+    await run_sql(tmp_path / "mailgate.db", FAIL_EMAIL_INSERTS)
     rcpts = ["support@example.test", "sales@example.test"]
     await asyncio.to_thread(postfix.sendmail, original("<pf-3@customer.test>"),
                             "alice@customer.test", rcpts)
@@ -88,8 +86,7 @@ async def test_r_i1_storage_failure_keeps_the_mail_queued_in_postfix(gateway, po
     assert not [d for d in postfix.deliveries() if d.status == "bounced"]
     assert await gateway.store.count_emails() == 0
 
-    with sqlite3.connect(tmp_path / "mailgate.db") as db:
-        db.execute("DROP TRIGGER fail")
+    await run_sql(tmp_path / "mailgate.db", "DROP TRIGGER fail")
     await asyncio.to_thread(postfix.flush)
     await asyncio.to_thread(postfix.wait_delivered, 2, 30)
     await asyncio.to_thread(postfix.wait_queue_empty, 30)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import ssl
-import sqlite3
 
 import pytest
 import trustme
 
 from tests.wire import WireClient, message
+from tests.conftest import FAIL_EMAIL_INSERTS, run_sql
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,7 @@ async def test_r_i2_smtp_gets_one_reply_and_one_copy_per_connector(start_gateway
 
 async def test_r_i2_storage_failure_is_one_451_for_the_message(start_gateway, tmp_path):
     gw = await start_gateway(smtp={"enabled": True})
-    with sqlite3.connect(tmp_path / "mailgate.db") as db:
-        db.execute("CREATE TRIGGER fail BEFORE INSERT ON emails "
-                   "BEGIN SELECT RAISE(ABORT, 'no space'); END")
+    await run_sql(tmp_path / "mailgate.db", FAIL_EMAIL_INSERTS)
     client = await WireClient.connect(gw.listeners["smtp"].port)
     await client.command("EHLO test")
     _, replies = await client.transaction("a@x.test", ["support@example.test",
