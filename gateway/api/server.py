@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from aiohttp import web
 
 from gateway.api import connectors, emails, events, workitems
+from gateway.api import activity, contacts, routes
 from gateway.api.errors import api_error
 from metrics import CONTENT_TYPE_LATEST
 
@@ -85,4 +86,7 @@ def build_app(gateway: "Gateway") -> web.Application:
     connectors.register(app.router, GATEWAY)
     workitems.register(app.router, GATEWAY)
     events.register(app.router, GATEWAY)
+    routes.register(app.router, GATEWAY)
+    contacts.register(app.router, GATEWAY)
+    activity.register(app.router, GATEWAY)
     return app

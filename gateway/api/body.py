@@ -1,0 +1,108 @@
+"""Request shapes for the directory API (connectors, routes, contacts, activity).
+
+The handlers check only the *shape* here (JSON types, unknown and missing
+fields) and answer 422 naming the field and the rule; what a value may be
+given the rest of the directory is decided in ``gateway.directory_ops`` /
+``gateway.route_ops`` and arrives as a ``RuleViolation`` (422
+``rule_violation``; a ``Conflict`` is 409) or a ``LookupError`` (404).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.api.errors import api_error
+from gateway.directory_ops import Conflict
+from gateway.workitems import RuleViolation
+
+Check = tuple[Callable[[Any], bool], str]          # test, what the value must be
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+ACTOR_HEADER = "X-Mailgate-Actor"
+_ACTOR = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,99}")
+ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'/=?^_`{|}~.-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+
+
+def is_(*types: type) -> Callable[[Any], bool]:
+    """isinstance that does not take ``true`` for a number."""
+    return lambda v: isinstance(v, types) and not (isinstance(v, bool) and bool not in types)
+
+
+def text(limit: int, *, empty: bool = True) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and len(v) <= limit and (empty or bool(v.strip()))
+
+
+def optional(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or test(v)
+
+
+BOOL = (is_(bool), "true or false")
+
+
+async def json_object(request: web.Request) -> dict | web.Response:
+    """The body as a JSON object (an empty body is ``{}``)."""
+    data = await request.read()
+    if not data.strip():
+        return {}
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return api_error(400, "invalid_json", "the body is not JSON")
+    if not isinstance(body, dict):
+        return api_error(400, "invalid_body", "send a JSON object")
+    return body
+
+
+def shape_error(body: dict, rule: str, spec: dict[str, Check], required: tuple[str, ...] = (),
+                prefix: str = "") -> web.Response | None:
+    """The first shape error (unknown, missing, wrong type), naming the field and the rule."""
+    unknown = sorted(set(body) - set(spec))
+    if unknown:
+        return api_error(422, "unknown_field", f"{rule}: unknown field {prefix}{unknown[0]!r};"
+                         f" expected {', '.join(spec)}", prefix + unknown[0])
+    for name in required:
+        if name not in body:
+            return api_error(422, "missing_field", f"{rule}: {prefix}{name} is required",
+                             prefix + name)
+    for name, (test, what) in spec.items():
+        if name in body and not test(body[name]):
+            return api_error(422, "invalid", f"{rule}: {prefix}{name} must be {what}",
+                             prefix + name)
+    return None
+
+
+def actor(request: web.Request) -> str | web.Response:
+    """R-C5 "who": the ``X-Mailgate-Actor`` header (a host passes its user), else ``api``."""
+    given = request.headers.get(ACTOR_HEADER)
+    if given is None:
+        return "api"
+    if not _ACTOR.fullmatch(given.strip()):
+        return api_error(422, "invalid", f"R-C5: {ACTOR_HEADER} is 1 to 100 printable ASCII "
+                         "characters", ACTOR_HEADER)
+    return given.strip()
+
+
+def directory_errors(handler: Handler) -> Handler:
+    """Operations' exceptions as API errors: rule → 422 (clash → 409), unknown → 404."""
+    async def run(request: web.Request) -> web.Response:
+        try:
+            return await handler(request)
+        except Conflict as exc:
+            return api_error(409, "conflict", str(exc), exc.field)
+        except RuleViolation as exc:
+            return api_error(422, "rule_violation", str(exc), exc.field)
+        except LookupError as exc:
+            if isinstance(exc, (KeyError, IndexError)):
+                raise       # a bug, not an unknown name
+            return api_error(404, "not_found", str(exc))
+    return run
+
+
+def path_id(request: web.Request, what: str) -> int | web.Response:
+    raw = request.match_info["id"]
+    if not re.fullmatch(r"[0-9]{1,18}", raw):
+        return api_error(404, "not_found", f"no {what} {raw!r}", "id")
+    return int(raw)
