@@ -1,4 +1,4 @@
-"""The ``mailgate`` command: ``serve``, ``check`` and ``explain`` (SPEC §5.1).
+"""The ``mailgate`` command: ``serve``, ``check``, ``explain`` and ``directory`` (SPEC §5.1).
 
 Library code never exits the process; only :func:`main` turns outcomes into
 exit codes (0 ok, 1 runtime failure, 2 configuration problems).
@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
+import os
 import signal
+import sqlite3
 import sys
 
 from gateway.config import ConfigError, Settings, load
@@ -130,6 +133,79 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return asyncio.run(_explain(settings, raw, args.connector))
 
 
+async def _directory(settings: Settings, action: str, text: str, path: str) -> list[str]:
+    """Export to ``path`` (``-``: stdout), or import ``text``; the import's problems."""
+    from gateway import directory_io
+    from gateway.app import Gateway
+
+    gateway = Gateway(settings)
+    await gateway.open_offline()
+    try:
+        if action == "import":
+            return await directory_io.import_directory(gateway.store, text, path,
+                                                       actor=_cli_actor())
+        text = await directory_io.export_directory(gateway.store)
+    finally:
+        await gateway.close_offline()
+    if path == "-":
+        sys.stdout.write(text)
+    else:       # a reader never sees half a file
+        with open(f"{path}.tmp", "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(f"{path}.tmp", path)
+        print(f"{path}: exported the directory of {settings.sqlite_path}", file=sys.stderr)
+    return []
+
+
+def _cli_actor() -> str:
+    """R-C5 "who" for a change made from the command line: the OS user."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def cmd_directory(args: argparse.Namespace) -> int:
+    """``directory export FILE`` / ``directory import FILE`` (``-``: stdout / stdin).
+    A file with problems is refused before the store is even opened."""
+    from gateway.directory_file import check_directory
+
+    settings = _load(args.config)
+    if settings is None:
+        return 2
+    text, problems = "", []
+    if args.action == "import":
+        try:
+            if args.file == "-":
+                text = sys.stdin.read()
+            else:
+                with open(args.file, encoding="utf-8") as f:
+                    text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{args.file}: cannot read: {getattr(exc, 'strerror', None) or exc}",
+                  file=sys.stderr)
+            return 2
+        wanted, problems = check_directory(text, args.file)
+    try:
+        problems = problems or asyncio.run(_directory(settings, args.action, text, args.file))
+    except OSError as exc:
+        print(f"{args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:
+        print(f"{settings.sqlite_path}: cannot use the database: {exc}", file=sys.stderr)
+        return 1
+    if problems:
+        print("\n".join(problems), file=sys.stderr)
+        print(f"{len(problems)} problem(s); nothing was imported.", file=sys.stderr)
+        return 2
+    if args.action == "import":
+        print(f"{args.file}: imported {len(wanted.connectors)} connector(s), "
+              f"{len(wanted.routes)} route(s), {len(wanted.contacts)} contact(s): the directory "
+              "is now exactly this file (a running `mailgate serve` on this database uses it "
+              "after a restart)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailgate", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--connector", required=True, help="the receiving connector's name")
     explain.add_argument("--config", help="TOML process config (SPEC 5.2)")
     explain.set_defaults(func=cmd_explain)
+    directory = sub.add_parser("directory", help="connectors, routes and contacts as a "
+                                                 "reviewable TOML file")
+    directory.add_argument("action", choices=("export", "import"),
+                           help="export: write the file; import: check it all, then make the "
+                                "directory exactly the file (all or nothing)")
+    directory.add_argument("file", metavar="FILE.toml", help="the file, or - for stdout/stdin")
+    directory.add_argument("--config", help="TOML process config (SPEC 5.2)")
+    directory.set_defaults(func=cmd_directory)
     return parser
 
 

@@ -1,0 +1,356 @@
+"""``mailgate directory export|import FILE.toml`` (SPEC §5.1): a reviewable file, all or nothing.
+
+The CLI runs as a real process against SQLite databases in temp dirs; the
+imported directory then routes mail delivered over LMTP to a gateway started
+on that database.
+"""
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gateway import activity, directory_file, directory_io
+from gateway.app import Gateway
+from gateway.directory_file import toml_value
+from gateway.model import Connector, Route, RouteRules, RouteTarget
+from tests.conftest import make_settings
+from tests.e2e.helpers import deliver, mail
+
+
+def mailgate(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, input=stdin, timeout=60)
+
+
+def config(directory: Path) -> str:
+    """A config whose database is ``directory/mailgate.db`` (as make_settings has it)."""
+    directory.mkdir(exist_ok=True)
+    path = directory / "gateway.toml"
+    path.write_text(f'[storage]\nurl = "sqlite:///{directory / "mailgate.db"}"\n'
+                    '[http]\nenabled = false\n[lmtp]\nenabled = false\n')
+    return str(path)
+
+
+def rows(directory: Path, sql: str) -> list:
+    with sqlite3.connect(directory / "mailgate.db") as db:
+        return db.execute(sql).fetchall()
+
+
+# -- the TOML writer ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "", "plain", 'say "hi"', "C:\\path\\", "\\u0041 is not an escape here", "'single' '''",
+    '"""triple"""', "Ünïcødé — 日本語 🎉", "tab\tnew\nline\rcr\fform\bback",
+    "".join(chr(i) for i in range(32)) + "\x7f", "\u0085\u2028 next-line, line separator",
+])
+def test_toml_strings_round_trip(text):
+    assert tomllib.loads(f"v = {toml_value(text)}")["v"] == text
+    assert tomllib.loads(f"v = {toml_value([text, text])}")["v"] == [text, text]
+
+
+def test_toml_values_round_trip_and_a_lone_surrogate_is_refused():
+    for value in (True, False, 0, 1_000_000, -3, [], ["a", "b"]):
+        assert tomllib.loads(f"v = {toml_value(value)}")["v"] == value
+    with pytest.raises(ValueError):
+        toml_value("\ud800")
+
+
+# -- a directory made through the host operations -------------------------------------------
+
+SUPPORT = Connector(name="support", service="lmtp", primary_address="support@corp.test",
+                    aliases=("help@corp.test", "billing@corp.test"), route_on_envelope=True)
+SALES = Connector(name="sales", service="lmtp", primary_address="sales@corp.test",
+                  direction="both")
+ROUTES = [
+    Route(id=0, name='urgent "printers" \\ Ω', connector="support", order=0,
+          email_address="support@corp.test",
+          rules=RouteRules(important=True, subject_keywords="urgent; printer"),
+          target=RouteTarget(kind="Case", process="Störungen — Drucker", customer="Ünï",
+                             contract="C-1", service="Print", ticket_category=""),
+          send_automated_emails=True, ack_cc=True),
+    Route(id=0, name="key accounts", connector="support", order=0,
+          email_address="support@corp.test",
+          rules=RouteRules(sender_companies='ACME "Q" Corp'),
+          target=RouteTarget(process="Key accounts")),
+    Route(id=0, name="help desk\t(odd name\x01)", connector="support", order=0,
+          email_address="help@corp.test", rules=RouteRules(important=False),
+          target=RouteTarget(process="Helpdesk", ticket_category="General"), test_mode=False),
+    Route(id=0, name="disabled billing", connector="support", order=0,
+          email_address="billing@corp.test", folder_path="INBOX/Billing", enabled=False,
+          target=RouteTarget(process="Finance")),
+    Route(id=0, name="vip", connector="support", order=0, email_address="*",
+          rules=RouteRules(sender_list_includes="*@vip.test; boss@x.test"),
+          target=RouteTarget(process="VIP")),
+    Route(id=0, name="sales catch-all", connector="sales", order=0, email_address="*",
+          target=RouteTarget(kind="Case", process="Sales"), fallback=True),
+]
+
+
+async def build_source(directory: Path) -> None:
+    directory.mkdir()
+    gw = Gateway(make_settings(directory, connectors=[]))
+    await gw.open_offline()
+    try:
+        await gw.add_connector(SUPPORT)
+        await gw.add_connector(SALES, with_fallback=False)
+        for route in ROUTES:
+            await gw.add_route(route)
+        await gw.add_contact("*@acme.test", 'ACME "Q" Corp')
+        await gw.add_contact("boss@x.test", "Ünïcode — Werke\\Büro")
+    finally:
+        await gw.close_offline()
+    with sqlite3.connect(directory / "mailgate.db") as db:
+        db.execute("UPDATE connectors SET username = 'bob', password = 'pa55word-secret'")
+
+
+async def test_export_import_export_is_byte_identical(tmp_path):
+    await build_source(tmp_path / "src")
+    src, dst = config(tmp_path / "src"), config(tmp_path / "dst")
+    first, second = tmp_path / "first.toml", tmp_path / "second.toml"
+    assert mailgate("directory", "export", str(first), "--config", src).returncode == 0
+    text = first.read_text(encoding="utf-8")
+    assert "pa55word-secret" not in text and "bob" not in text and "password" not in text
+
+    imported = mailgate("directory", "import", str(first), "--config", dst)
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 2 connector(s), 7 route(s), 2 contact(s)" in imported.stdout
+    assert mailgate("directory", "export", str(second), "--config", dst).returncode == 0
+    assert second.read_bytes() == first.read_bytes()
+    stdout = mailgate("directory", "export", "-", "--config", dst)
+    assert stdout.returncode == 0 and stdout.stdout == text
+
+    data = tomllib.loads(text)
+    assert [c["name"] for c in data["connectors"]] == ["sales", "support"]
+    support = [r for r in data["routes"] if r["connector"] == "support"]
+    assert [(r["name"], r["order"]) for r in support] == [
+        ('urgent "printers" \\ Ω', 1), ("key accounts", 2), ("help desk\t(odd name\x01)", 3),
+        ("disabled billing", 4), ("vip", 5), ("support fallback", 6)]
+    assert support[0]["rules"]["important"] is True and support[2]["rules"]["important"] is False
+    assert "important" not in support[1]["rules"]          # not a rule: no line
+    assert [(c["pattern"], c["company"]) for c in data["contacts"]] == [
+        ("*@acme.test", 'ACME "Q" Corp'), ("boss@x.test", "Ünïcode — Werke\\Büro")]
+    # R-C5: every connector and route the import created has its history line, by the CLI user
+    history = rows(tmp_path / "dst", "SELECT entity, action, actor FROM activity")
+    assert len(history) == 9 and {h[1] for h in history} == {"create"}
+    assert all(h[2].startswith("cli") for h in history)
+
+
+# -- a broken file ----------------------------------------------------------------------------
+
+BROKEN = textwrap.dedent("""\
+    format = 1
+
+    [[connectors]]
+    name = "support"
+    primary_address = "support@corp.test"
+    aliasses = ["help@corp.test"]
+
+    [[connectors]]
+    name = "sales"
+    primary_address = "sales@@corp.test"
+    enabled = "yes"
+
+    [[routes]]
+    connector = "support"
+    name = "support fallback"
+    email_address = "support@corp.test"
+    order = 3
+    fallback = true
+
+    [[routes]]
+    connector = "support"
+    name = "anyone"
+    email_address = "*"
+    order = 1
+
+    [[routes]]
+    connector = "support"
+    name = "second fallback"
+    email_address = "*"
+    order = 2
+    fallback = true
+
+    [[routes]]
+    connector = "sales"
+    name = "sales fallback"
+    email_address = "*"
+    order = 1
+    fallback = true
+
+    [[routes]]
+    connector = "marketting"
+    name = "campaigns"
+    email_address = "news@corp.test"
+    order = 1
+""")
+
+
+def line_of(text: str, needle: str, after: str = "") -> int:
+    start = text.index(after) if after else 0
+    return text[:text.index(needle, start)].count("\n") + 1
+
+
+async def test_a_broken_file_changes_nothing_and_lists_every_problem_with_its_line(tmp_path):
+    await build_source(tmp_path / "src")
+    src, dst = config(tmp_path / "src"), config(tmp_path / "dst")
+    good = tmp_path / "good.toml"
+    assert mailgate("directory", "export", str(good), "--config", src).returncode == 0
+    assert mailgate("directory", "import", str(good), "--config", dst).returncode == 0
+    history = rows(tmp_path / "dst", "SELECT COUNT(*) FROM activity")
+    broken = tmp_path / "broken.toml"
+    broken.write_text(BROKEN)
+
+    run = mailgate("directory", "import", str(broken), "--config", dst)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    expected = {
+        line_of(BROKEN, "aliasses"): "unknown key 'aliasses': did you mean 'aliases'?",
+        line_of(BROKEN, "sales@@"): "'sales@@corp.test' is not an address",
+        line_of(BROKEN, 'enabled = "yes"'): "enabled = 'yes': write true or false",
+        line_of(BROKEN, "[[routes]]", 'order = 3'): "route 'anyone': R-R4: a wildcard route "
+                                                    "needs a sender list",
+        line_of(BROKEN, "fallback = true", "second fallback"): "R-R7: connector 'support' "
+                                                               "already has the fallback route",
+        line_of(BROKEN, 'connector = "marketting"'): "connector 'marketting' is not one of the"
+                                                     " [[connectors]]",
+    }
+    assert len(lines) == len(expected) + 1, run.stderr
+    for (line, message), got in zip(sorted(expected.items()), lines):
+        assert got.startswith(f"{broken}:{line}: ") and message in got, (line, got)
+    assert lines[-1] == f"{len(expected)} problem(s); nothing was imported."
+    assert "(line 13)" in lines[4]                        # where the first fallback is
+    assert "known: sales, support" in lines[5]
+    # nothing changed: the same export, no history line
+    after = mailgate("directory", "export", "-", "--config", dst)
+    assert after.stdout == good.read_text(encoding="utf-8")
+    assert rows(tmp_path / "dst", "SELECT COUNT(*) FROM activity") == history
+    # a broken import into a store that does not exist yet does not even create it
+    fresh = config(tmp_path / "fresh")
+    assert mailgate("directory", "import", str(broken), "--config", fresh).returncode == 2
+    assert not (tmp_path / "fresh" / "mailgate.db").exists()
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("format = 1\n[[connectors]\nname = 1\n", 2, "TOML syntax error"),
+    ("format = 2\n", 1, "this mailgate reads format 1"),
+    ("[[connector]]\nname = 'x'\n", 1, "did you mean 'connectors'?"),
+    ("[[connectors]]\nname = 'a'\nprimary_address = 'a@x.test'\npassword = 'p'\n"
+     "[[routes]]\nconnector = 'a'\nname = 'f'\nemail_address = 'a@x.test'\norder = 1\n"
+     "fallback = true\n", 4, "credentials are never part of the directory file"),
+    ("[[connectors]]\nname = 'a'\nprimary_address = 'a@x.test'\n", 1,
+     "R-R7: connector 'a' has no fallback route"),
+    ("[[connectors]]\nname = 'a'\nprimary_address = 'a@x.test'\n[[routes]]\nconnector = 'a'\n"
+     "name = 'f'\nemail_address = 'a@x.test'\norder = 2\nfallback = true\n"
+     "rules.subject_keywords = 'x'\n[[routes]]\nconnector = 'a'\nname = 'w'\n"
+     "email_address = '*'\norder = 1\nrules.sender_list_includes = '*'\n", 10,
+     "R-R7: a fallback route has no rules"),
+    ("[[connectors]]\nname = 'a'\nprimary_address = 'a@x.test'\n[[routes]]\nconnector = 'a'\n"
+     "name = 'f'\nemail_address = '*'\norder = 1\nfallback = true\n[[routes]]\n"
+     "connector = 'a'\nname = 'e'\nemail_address = 'a@x.test'\norder = 2\n", 14,
+     "R-R5: order 2 is after route 'f' (order 1), but non-wildcard routes come before the "
+     "fallback route"),
+    ("[[connectors]]\nname = 'a'\nprimary_address = 'a@x.test'\n[[connectors]]\nname = 'b'\n"
+     "primary_address = 'b@x.test'\naliases = ['A+tag@X.test']\n", 7, "is not an address"),
+    ("[[connectors]]\nname = 'a'\nprimary_address = 'a@x.test'\n[[connectors]]\nname = 'b'\n"
+     "primary_address = 'b@x.test'\naliases = ['A@X.test']\n", 7,
+     "R-C1: A@X.test already belongs to connector 'a' (line 3)"),
+    ("[[contacts]]\npattern = 'a+b@x.test'\ncompany = 'A; B'\n", 2, "contact pattern"),
+    ("[[routes]]\nconnector = 'a'\n[routes.rules]\nimportant = 'yes'\n", 4,
+     "rules.important = 'yes': write true or false"),
+])
+def test_each_problem_is_found_at_its_line(text, line, message):
+    _, problems = directory_file.check_directory(text, "d.toml")
+    assert any(p.startswith(f"d.toml:{line}: ") and message in p for p in problems), problems
+
+
+async def test_a_failure_while_applying_rolls_everything_back(tmp_path, monkeypatch):
+    await build_source(tmp_path / "src")
+    src = config(tmp_path / "src")
+    before = mailgate("directory", "export", "-", "--config", src).stdout
+    changed = before.replace('name = "vip"', 'name = "very important"')
+    calls = []
+
+    async def failing(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 5:
+            raise RuntimeError("disk on fire")
+        return await record(*args, **kwargs)
+
+    record = activity.record
+    monkeypatch.setattr(activity, "record", failing)
+    gw = Gateway(make_settings(tmp_path / "src", connectors=[]))
+    await gw.open_offline()
+    try:
+        with pytest.raises(RuntimeError):
+            await directory_io.import_directory(gw.store, changed, "x.toml")
+        assert await directory_io.export_directory(gw.store) == before
+    finally:
+        await gw.close_offline()
+
+
+async def test_import_into_a_used_store_replaces_the_directory(tmp_path):
+    await build_source(tmp_path / "src")
+    src = config(tmp_path / "src")
+    ids = dict(rows(tmp_path / "src", "SELECT name, id FROM routes"))
+    text = mailgate("directory", "export", "-", "--config", src).stdout
+    # drop the sales connector (and its route), rename one route, drop a contact
+    smaller = (text[:text.index("[[connectors]]")]
+               + text[text.index('[[connectors]]\nname = "support"'):])
+    smaller = smaller[:smaller.index('[[routes]]\nconnector = "sales"')] + \
+        smaller[smaller.index('[[routes]]\nconnector = "support"'):]
+    smaller = smaller.replace('name = "key accounts"', 'name = "top accounts"')
+    smaller = smaller[:smaller.index('\n[[contacts]]\npattern = "boss@x.test"')]
+    path = tmp_path / "smaller.toml"
+    path.write_text(smaller, encoding="utf-8")
+    run = mailgate("directory", "import", str(path), "--config", src)
+    assert run.returncode == 0, run.stderr
+    assert mailgate("directory", "export", "-", "--config", src).stdout == smaller
+    now = dict(rows(tmp_path / "src", "SELECT name, id FROM routes"))
+    assert now["vip"] == ids["vip"] and now["support fallback"] == ids["support fallback"]
+    assert now["top accounts"] not in ids.values()       # a new route, a new id
+    assert rows(tmp_path / "src", "SELECT username, password FROM connectors") == [
+        ("bob", "pa55word-secret")]                       # a kept connector keeps them
+    history = rows(tmp_path / "src", "SELECT entity, action FROM activity WHERE actor LIKE 'cli%'"
+                                     " ORDER BY id")
+    assert ("connector:sales", "delete") in history
+    assert (f"route:{ids['key accounts']}", "delete") in history
+    assert (f"route:{now['top accounts']}", "create") in history
+
+
+# -- the imported directory routes mail -------------------------------------------------------
+
+async def test_the_imported_directory_routes_mail(tmp_path):
+    await build_source(tmp_path / "src")
+    exported = mailgate("directory", "export", "-", "--config", config(tmp_path / "src"))
+    run = mailgate("directory", "import", "-", "--config", config(tmp_path / "dst"),
+                   stdin=exported.stdout)
+    assert run.returncode == 0, run.stderr
+    gw = Gateway(make_settings(tmp_path / "dst", connectors=[]))
+    await gw.start()
+    try:
+        async def placed(message, **kwargs) -> tuple:
+            [copy] = await deliver(gw, message, **kwargs)
+            assert copy.outcome == "created", (copy.outcome, copy.reason)
+            item = await gw.workitem(copy.targets[0]["ref"])
+            return item.kind, item.custom_data.get("process"), item.mode
+
+        urgent = mail(to=["support@corp.test"], subject="Urgent: printer down",
+                      headers={"Importance": "high"})
+        assert await placed(urgent) == ("Case", "Störungen — Drucker", "live")
+        assert await placed(mail(to=["support@corp.test"], sender="eve@acme.test"),
+                            sender="eve@acme.test") == ("Ticket", "Key accounts", "live")
+        assert await placed(mail(to=["help@corp.test"])) == ("Ticket", "Helpdesk", "live")
+        assert await placed(mail(to=["support@corp.test"], sender="al@vip.test"),
+                            sender="al@vip.test") == ("Ticket", "VIP", "live")
+        assert await placed(mail(to=["support@corp.test"])) == ("Ticket", None, "live")
+        assert await placed(mail(to=["sales@corp.test"])) == ("Case", "Sales", "live")
+        [copy] = await deliver(gw, mail(to=["billing@corp.test"]))     # its route is disabled
+        assert (copy.outcome, copy.reason) == ("unprocessed", "alias_without_route")
+    finally:
+        await gw.stop()
