@@ -55,6 +55,22 @@ SCHEMAS = {
                   "data": {"type": "object"}, "created_at": S}),
     "Settings": obj({"mode": {"type": "string", "enum": ["off", "mixed", "plus_only"]},
                      "hide_plus_in_from": BOOL}),
+    "Connector": obj({
+        "name": S, "service": S, "direction": S, "protocol": S, "primary_address": S,
+        "aliases": STR_LIST, "enabled": BOOL, "route_on_envelope": BOOL, "username": NULLABLE_S,
+        "password_set": BOOL}),
+    "Route": obj({
+        "id": INT, "name": S, "connector": S, "email_address": S, "folder_path": S,
+        "rules": obj({"important": {"type": ["boolean", "null"]}, "attachment_types": S,
+                      "subject_keywords": S, "sender_companies": S,
+                      "sender_list_includes": S, "recipient_list_includes": S}),
+        "target": obj({"kind": S, "process": S, "customer": S, "contract": S, "service": S,
+                       "ticket_category": S}),
+        "send_automated_emails": BOOL, "ack_cc": BOOL, "test_mode": BOOL, "enabled": BOOL,
+        "order": INT, "fallback": BOOL, "flags": STR_LIST}),
+    "Contact": obj({"id": INT, "pattern": S, "company": S}),
+    "Activity": obj({"id": INT, "entity": S, "action": S, "actor": S, "at": S,
+                     "changes": {"type": "object"}}),
     "Placed": obj({"id": INT, "outcome": S, "reason": NULLABLE_S,
                    "targets": {"type": "array", "items": ref("Target")}}),
 }
@@ -90,10 +106,72 @@ EMAIL_ID = path_param("id", INT)
 ITEM = answer(ref("WorkItem"))
 
 
+CONNECTOR_IN = {
+    "name": S, "service": S, "direction": S, "primary_address": S, "aliases": STR_LIST,
+    "enabled": BOOL, "route_on_envelope": BOOL, "username": NULLABLE_S, "password": NULLABLE_S}
+ROUTE_IN = {
+    "name": S, "email_address": S, "folder_path": S, "send_automated_emails": BOOL,
+    "ack_cc": BOOL, "test_mode": BOOL, "enabled": BOOL, "fallback": BOOL,
+    "rules": {"type": "object"}, "target": {"type": "object"}}
+NAME_PATH = path_param("name")
+NO_CONTENT = {"default": ERROR, "204": {"description": "deleted"}}
+
+
+def directory_paths(v1: str) -> dict:
+    """Connectors, routes, contacts and the activity history (R-C*, R-R*)."""
+    connector = f"{v1}/connectors/{{name}}"
+    route = f"{v1}/routes/{{id}}"
+    return {
+        f"{v1}/connectors": {
+            "get": {"responses": answer(obj({"connectors": {"type": "array",
+                                                            "items": ref("Connector")}}))},
+            "post": {"requestBody": body(obj(CONNECTOR_IN, ["name", "primary_address"], False)),
+                     "responses": answer(ref("Connector"), "201", "created")}},
+        connector: {
+            "get": {"parameters": [NAME_PATH], "responses": answer(ref("Connector"))},
+            "patch": {"parameters": [NAME_PATH],
+                      "requestBody": body(obj(CONNECTOR_IN, [], False)),
+                      "responses": answer(ref("Connector"))},
+            "delete": {"parameters": [NAME_PATH], "responses": NO_CONTENT}},
+        f"{connector}/test": {"post": {"parameters": [NAME_PATH], "responses": answer(
+            obj({"ok": BOOL, "detail": S}))}},
+        f"{connector}/routes": {
+            "get": {"parameters": [NAME_PATH, query("q")],
+                    "responses": answer(obj({"routes": {"type": "array",
+                                                        "items": ref("Route")}}))},
+            "post": {"parameters": [NAME_PATH],
+                     "requestBody": body(obj(ROUTE_IN, ["email_address"], False)),
+                     "responses": answer(ref("Route"), "201", "created")}},
+        route: {
+            "get": {"parameters": [EMAIL_ID], "responses": answer(ref("Route"))},
+            "patch": {"parameters": [EMAIL_ID], "requestBody": body(obj(ROUTE_IN, [], False)),
+                      "responses": answer(ref("Route"))},
+            "delete": {"parameters": [EMAIL_ID], "responses": NO_CONTENT}},
+        f"{route}/move": {"post": {"parameters": [EMAIL_ID],
+                                   "requestBody": body(obj({"order": INT}, extra=False)),
+                                   "responses": answer(ref("Route"))}},
+        f"{v1}/contacts": {
+            "get": {"responses": answer(obj({"contacts": {"type": "array",
+                                                          "items": ref("Contact")}}))},
+            "post": {"requestBody": body(obj({"pattern": S, "company": S}, extra=False)),
+                     "responses": {**answer(ref("Contact"), "201", "created"),
+                                   "200": {"description": "the pattern now names this company",
+                                           "content": {"application/json": {
+                                               "schema": ref("Contact")}}}}}},
+        f"{v1}/contacts/{{id}}": {"delete": {"parameters": [EMAIL_ID],
+                                            "responses": NO_CONTENT}},
+        f"{v1}/activity": {"get": {
+            "parameters": [query("entity"), query("after", INT), query("limit", INT)],
+            "responses": answer(obj({"activity": {"type": "array",
+                                                  "items": ref("Activity")}}))}},
+    }
+
+
 def paths() -> dict:
     v1 = "/api/v1"
     workitem = f"{v1}/workitems/{{ref}}"
     return {
+        **directory_paths(v1),
         "/healthz": {"get": {"security": [], "responses": answer(obj({"status": S}))}},
         "/readyz": {"get": {"security": [], "responses": {
             "200": {"description": "ready", "content": {"application/json": {

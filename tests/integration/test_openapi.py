@@ -57,3 +57,17 @@ def test_api_matches_its_openapi_document(served):
             case.call_and_validate(base_url=base, headers=headers, checks=CHECKS)
 
         exercise()
+
+
+def test_openapi_document_lists_exactly_the_served_operations():
+    """Every route the server answers is documented, and nothing documented is missing."""
+    from gateway.api.openapi import document
+    from gateway.api.server import build_app
+
+    app = build_app(gateway=None)
+    served = {(route.method.lower(), route.resource.canonical)
+              for route in app.router.routes() if route.method != "HEAD"}
+    served -= {("get", "/metrics"), ("get", "/api/v1/openapi.json")}
+    documented = {(method, path) for path, item in document("test")["paths"].items()
+                  for method in item}
+    assert served == documented
