@@ -287,6 +287,18 @@ class Gateway:
     async def send_email(self, ref: str, **fields) -> tuple[int, str]:
         return await self.ops.send_email(ref, settings=self.pipeline_settings, **fields)
 
+    @property
+    def directory_ops(self):
+        """Connectors and contacts with every check and history line of the HTTP API (R-C*)."""
+        from gateway.directory_ops import DirectoryOps
+        return DirectoryOps(self.ops)
+
+    @property
+    def route_ops(self):
+        """Routes with every check and history line of the HTTP API (R-R4..R-R7, R-C5)."""
+        from gateway.route_ops import RouteOps
+        return RouteOps(self.ops)
+
     async def add_connector(self, connector: Connector, **options):
         return await self.ops.add_connector(connector, **options)
 

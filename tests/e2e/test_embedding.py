@@ -4,8 +4,10 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from gateway import Gateway
+from gateway.workitems import RuleViolation
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.e2e.helpers import ACKING_FALLBACKS, DEPARTMENTS, deliver, mail
 
@@ -72,3 +74,18 @@ async def test_r_m1_matching_mode_changes_at_run_time_and_is_validated(gateway):
             assert (await r.json())["mode"] == "mixed"
     assert gateway.pipeline_settings.matching_mode == "mixed"
     assert (await gateway.store.settings())["matching_mode"] == "mixed"   # survives restarts
+
+
+async def test_r_c5_python_directory_changes_are_checked_and_recorded_like_http(gateway):
+    routes = gateway.route_ops
+    route, order = await routes.create("support", {"name": "vip", "email_address": "*",
+                                                   "rules": {"sender_list_includes":
+                                                             "*@vip.test"}}, "python")
+    with pytest.raises(RuleViolation) as refused:
+        await routes.create("support", {"name": "open", "email_address": "*"}, "python")
+    assert refused.value.rule == "R-R4"
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.http_port}") as http:
+        async with http.get("/api/v1/activity", params={"entity": f"route:{route.id}"},
+                            headers=AUTH) as r:
+            [line] = (await r.json())["activity"]
+    assert (line["action"], line["actor"]) == ("create", "python")
