@@ -124,19 +124,19 @@ class Gateway:
         await self.store.close()
 
     async def _bootstrap_directory(self) -> None:
-        """Seed connectors (each with its fallback route) and routes from the config file;
-        what the store already has stays as it is: the store is the source of truth."""
+        """Seed connectors (each with its fallback route) and routes from the config file,
+        or the demo connector without one, into an EMPTY directory only: once the store has
+        a directory it is the source of truth (the API and ``directory import`` change it,
+        and a restart must not bring back what they removed)."""
+        if await self.store.connectors():
+            return
         seeds = [Connector(name=c.name, service=c.service, primary_address=c.primary_address,
                            aliases=tuple(c.aliases), enabled=c.enabled)
                  for c in self.settings.directory.connectors]
-        demo = False
-        if not seeds and self.settings.source == "<embedded default>":
-            if not await self.store.connectors():
-                seeds, demo = [DEMO_CONNECTOR], True
-        existing = {c.name for c in await self.store.connectors()}
+        demo = not seeds and self.settings.source == "<embedded default>"
+        if demo:
+            seeds = [DEMO_CONNECTOR]
         for connector in seeds:
-            if connector.name in existing:
-                continue
             own_fallback = any(r.fallback and r.connector == connector.name
                                for r in self.settings.directory.routes)
             await self.ops.add_connector(connector, send_automated_emails=demo,
