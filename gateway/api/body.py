@@ -56,6 +56,20 @@ async def json_object(request: web.Request) -> dict | web.Response:
     return body
 
 
+def paging(request: web.Request, default_limit: int = 100) -> tuple[int, int] | web.Response:
+    """``?after=&limit=`` for the feeds: ids are 64-bit, pages 1..1000 long."""
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = int(request.query.get("limit", str(default_limit)))
+    except ValueError:
+        return api_error(400, "invalid_parameter", "after and limit are integers", "after")
+    if not 0 <= after < 1 << 62:
+        return api_error(400, "invalid_parameter", "after is an id, 0 or more", "after")
+    if not 1 <= limit <= 1000:
+        return api_error(400, "invalid_parameter", "limit is from 1 to 1000", "limit")
+    return after, limit
+
+
 def shape_error(body: dict, rule: str, spec: dict[str, Check], required: tuple[str, ...] = (),
                 prefix: str = "") -> web.Response | None:
     """The first shape error (unknown, missing, wrong type), naming the field and the rule."""

@@ -7,6 +7,7 @@ from email.parser import BytesParser
 
 from aiohttp import web
 
+from gateway.api.body import paging
 from gateway.api.errors import api_error
 from gateway.intake import header_block
 from gateway.model import EmailRecord
@@ -97,14 +98,10 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         return web.Response(body=data, content_type="message/rfc822")
 
     async def unprocessed(request: web.Request) -> web.Response:
-        try:
-            after = int(request.query.get("after", "0"))
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            return api_error(400, "invalid_parameter", "after and limit are integers", "after")
-        if not 0 <= after < 1 << 62 or not 1 <= limit <= 1000:
-            return api_error(400, "invalid_parameter", "0 <= after, 1 <= limit <= 1000",
-                             "limit" if 0 <= after < 1 << 62 else "after")
+        page = paging(request)
+        if isinstance(page, web.Response):
+            return page
+        after, limit = page
         store = request.app[key].store
         records = await store.unprocessed(limit, after)
         items = [email_json(r, await store.raw(r.id) or b"") for r in records]

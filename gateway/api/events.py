@@ -5,6 +5,7 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
+from gateway.api.body import paging
 from gateway.api.errors import api_error
 
 
@@ -16,14 +17,10 @@ def event_json(event: dict) -> dict:
 def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
     async def feed(request: web.Request) -> web.Response:
         """Events with ``id > after``, oldest first; poll with the last id seen."""
-        try:
-            after = int(request.query.get("after", "0"))
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            return api_error(400, "invalid_parameter", "after and limit are integers", "after")
-        if not 0 <= after < 1 << 62 or not 1 <= limit <= 1000:
-            return api_error(400, "invalid_parameter", "after >= 0, 1 <= limit <= 1000",
-                             "limit" if 0 <= after < 1 << 62 else "after")
+        page = paging(request)
+        if isinstance(page, web.Response):
+            return page
+        after, limit = page
         events = await request.app[key].store.events(after, limit)
         return web.json_response({"events": [event_json(e) for e in events],
                                   "last": events[-1]["id"] if events else after})

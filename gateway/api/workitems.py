@@ -9,13 +9,13 @@ that field, so a client can tell "wrong URL" from "wrong request".
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from gateway.api.emails import _iso, email_json
+from gateway.api.body import json_object
 from gateway.api.errors import api_error
 from gateway.model import MODES, STATES, WorkItem
 from gateway.workitems import RuleViolation
@@ -67,20 +67,6 @@ SEND = {"to": ADDRESSES, "cc": ADDRESSES, "subject": STRING, "body": STRING,
             _MESSAGE_ID.fullmatch(v)), "a Message-ID like <id@host> or null")}
 
 
-async def _json_object(request: web.Request) -> dict | web.Response:
-    """The body as a JSON object; an empty body is ``{}`` (``/convert`` needs none)."""
-    data = await request.read()
-    if not data.strip():
-        return {}
-    try:
-        body = json.loads(data)
-    except ValueError:
-        return api_error(400, "invalid_json", "the body is not JSON")
-    if not isinstance(body, dict):
-        return api_error(400, "invalid_body", "send a JSON object")
-    return body
-
-
 def _invalid(body: dict, rule: str, spec: dict[str, Check],
              required: tuple[str, ...] = ()) -> web.Response | None:
     """The first shape error, naming the field and the rule; None when the body is fine."""
@@ -127,7 +113,7 @@ def _no_item(ref: str) -> web.Response:
 def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
     async def read(request: web.Request, *, rule: str, spec: dict[str, Check],
                    required: tuple[str, ...] = ()) -> dict | web.Response:
-        body = await _json_object(request)
+        body = await json_object(request)
         if isinstance(body, web.Response):
             return body
         return _invalid(body, rule, spec, required) or body
