@@ -25,6 +25,7 @@ from aiohttp import web
 
 from gateway.config import BootstrapRoute, Settings, parse_listen
 from gateway.directory import AddressBook, Directory
+from gateway.delivery import Delivery
 from gateway.events import EventDispatcher
 from gateway.webhooks import WebhookSender
 from gateway.intake import Intake
@@ -70,6 +71,14 @@ class Gateway:
                                  on_write=self._wake_events)
         self.events = EventDispatcher(self.store)
         self.webhooks = [WebhookSender(self.store, hook) for hook in settings.webhooks]
+        self.delivery: Delivery | None = None
+        if settings.outbound.enabled:
+            signer = None
+            if settings.outbound.dkim:
+                from gateway.dkim_signing import DkimSigner
+                signer = DkimSigner(settings.outbound.dkim).sign
+            self.delivery = Delivery(self.store, settings.outbound, signer=signer,
+                                     on_result=self.metrics.observe_outbound)
         for sender in self.webhooks:
             self.events.subscribe(sender.wake)
         self.directory = Directory()
@@ -105,6 +114,8 @@ class Gateway:
         await self._bootstrap_directory()
         await self.reload_directory()
         self.pipeline.start()
+        if self.delivery is not None:
+            self.delivery.start()
         if s.lmtp.enabled:
             self.listeners["lmtp"] = await self._listen("lmtp", LmtpSession, s.lmtp, None)
         if s.smtp.enabled:
@@ -342,6 +353,8 @@ class Gateway:
 
     def _wake_events(self) -> None:
         self.events.wake()
+        if self.delivery is not None:
+            self.delivery.wake()
 
     def _wake_pipeline(self) -> None:
         self.pipeline.wake()
@@ -386,6 +399,8 @@ class Gateway:
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         await self.pipeline.stop()
+        if self.delivery is not None:
+            await self.delivery.stop()
         await self.events.stop()
         for sender in self.webhooks:
             await sender.stop()

@@ -103,6 +103,8 @@ class DefaultGatewaySection:
     username: str = ""
     password: str = ""
     password_file: str = ""
+    ca_file: str = ""                    # extra trusted CA for the relay's certificate (R-C4)
+    timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ class OutboundSection:
     unmonitored_address: str = ""
     default_gateway: DefaultGatewaySection = field(default_factory=DefaultGatewaySection)
     dkim: tuple[DkimKey, ...] = ()
+    retry_initial: float = 30.0          # seconds before the first retry; doubles each time
+    retry_max: float = 3600.0
+    max_lifetime: float = 5 * 86400.0    # then a temporary failure becomes permanent
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,7 @@ CHOICES = {
 SECRET_FILES = {"admin_token_file": "admin_token", "auth_password_file": "auth_password",
                 "password_file": "password"}
 LISTEN_KEYS = {("lmtp", "listen"), ("smtp", "listen"), ("http", "listen")}
-POSITIVE_KEYS = {"max_message_size", "max_recipients", "max_line_length", "max_header_count",
+POSITIVE_KEYS = {"retry_initial", "retry_max", "max_lifetime", "max_message_size", "max_recipients", "max_line_length", "max_header_count",
                  "commit_batch_max", "window_days", "timeout", "drain_timeout"}
 
 

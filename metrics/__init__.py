@@ -72,6 +72,11 @@ class Metrics:
         self.routes_hit = Counter(
             "mailgate_routes_hit_total", "New work items by the kind of route that made them.",
             ["band"], registry=r)
+        self.outbound = Counter(
+            "mailgate_outbound_messages_total", "Outbound delivery attempts, by result (R-O4).",
+            ["result"], registry=r)
+        for result in ("sent", "deferred", "failed"):
+            self.outbound.labels(result)
         for stage in STAGE_NAMES:
             self.stage_seconds.labels(stage)
         for outcome in OUTCOME_NAMES:
@@ -91,6 +96,9 @@ class Metrics:
             return
         self.commit_seconds.labels("sqlite").observe(seconds)
         self.commit_batch.labels("sqlite").observe(copies)
+
+    def observe_outbound(self, result: str) -> None:
+        self.outbound.labels(result).inc()
 
     def pipeline_observer(self) -> "PipelineMetrics":
         return PipelineMetrics(self)

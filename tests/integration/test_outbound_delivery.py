@@ -1,0 +1,118 @@
+"""R-O4: the outbound queue is delivered through the relay, retried, and never lost."""
+from __future__ import annotations
+
+import asyncio
+import email
+from email import policy
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+from gateway.config import BootstrapRoute, DefaultGatewaySection, OutboundSection
+from tests.conftest import free_port
+from tests.e2e.helpers import DEPARTMENTS, deliver, mail
+
+ACKS = [BootstrapRoute(connector="fr", email_address="fr@corp.test", fallback=True,
+                       send_automated_emails=True),
+        BootstrapRoute(connector="ma", email_address="ma@corp.test", fallback=True,
+                       send_automated_emails=True)]
+
+
+class Sink:
+    """An SMTP relay that requires AUTH and records what it accepted (or refuses)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.reply = "250 2.0.0 queued"
+        handler = self
+
+        def authenticate(server, session, envelope, mechanism, auth_data):
+            ok = auth_data.login == b"mailgate" and auth_data.password == b"relay-secret"
+            return AuthResult(success=ok)
+
+        self.controller = Controller(handler, hostname="127.0.0.1", port=port,
+                                     auth_required=True, auth_require_tls=False,
+                                     authenticator=authenticate)
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.reply.startswith("250"):
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos),
+                                  envelope.original_content))
+        return self.reply
+
+    def start(self) -> "Sink":
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def messages(self) -> list[email.message.EmailMessage]:
+        return [email.message_from_bytes(raw, policy=policy.default)
+                for _, _, raw in self.received]
+
+
+def outbound(port: int, **extra) -> OutboundSection:
+    return OutboundSection(enabled=True, retry_initial=0.2, retry_max=0.5,
+                           default_gateway=DefaultGatewaySection(
+                               host="127.0.0.1", port=port, username="mailgate",
+                               password="relay-secret"), **extra)
+
+
+@pytest.fixture
+def sink():
+    started = Sink(free_port()).start()
+    yield started
+    started.stop()
+
+
+async def test_r_o5_acknowledgement_reaches_the_relay_with_auth(start_gateway, sink):
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=outbound(sink.port))
+    original = mail(subject="Printer on fire")
+    await deliver(gw, original)
+    await gw.delivery.drain()
+    [(sender, rcpts, _)] = sink.received
+    [ack] = sink.messages()
+    item = await gw.workitem("1-T")
+    assert (sender, rcpts) == ("fr@corp.test", ["carol@customer.test"])
+    assert ack["Subject"] == "[1-T] Printer on fire"
+    assert ack["In-Reply-To"] == original["Message-ID"]
+    assert ack["Message-ID"].endswith(f".{item.uuid}@mailgate.invalid>")
+    assert f"[WI-{item.uuid}]" in ack.get_content()
+    events = [e["type"] for e in await gw.store.events(0, 100)]
+    assert "outbound.sent" in events
+
+
+async def test_r_o4_relay_down_is_retried_and_delivered_once_it_is_back(start_gateway):
+    port = free_port()
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=outbound(port))
+    await deliver(gw, mail(subject="While the relay sleeps"))
+    await asyncio.sleep(0.8)                      # a few tries against a closed port
+    [queued] = await gw.store.read(lambda db: _queue(db))
+    assert queued[0] == "queued" and queued[1] >= 2 and "Connect" in queued[2]
+    sink = Sink(port).start()
+    try:
+        await gw.delivery.drain(10)
+        assert len(sink.received) == 1
+    finally:
+        sink.stop()
+    [done] = await gw.store.read(lambda db: _queue(db))
+    assert done[0] == "sent"
+
+
+async def test_r_o4_relay_5xx_is_a_permanent_failure_on_the_work_item(start_gateway, sink):
+    sink.reply = "550 5.1.1 no such user"
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=outbound(sink.port))
+    await deliver(gw, mail(subject="To nobody"))
+    await gw.delivery.drain()
+    [state] = await gw.store.read(lambda db: _queue(db))
+    assert state[0] == "failed" and "550" in state[2]
+    failed = [e for e in await gw.store.events(0, 100) if e["type"] == "outbound.failed"]
+    assert [(e["ref"], "550" in e["data"]["error"]) for e in failed] == [("1-T", True)]
+
+
+async def _queue(db):
+    async with db.execute("SELECT state, attempts, last_error FROM outbound_queue") as cursor:
+        return [tuple(r) for r in await cursor.fetchall()]
