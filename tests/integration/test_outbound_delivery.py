@@ -116,3 +116,56 @@ async def test_r_o4_relay_5xx_is_a_permanent_failure_on_the_work_item(start_gate
 async def _queue(db):
     async with db.execute("SELECT state, attempts, last_error FROM outbound_queue") as cursor:
         return [tuple(r) for r in await cursor.fetchall()]
+
+
+def test_r_o4_kill_9_with_mail_queued_delivers_each_exactly_once_after_restart(tmp_path):
+    import os
+    import signal
+    import smtplib
+    import sqlite3
+    import time
+    from collections import Counter
+
+    from tests.integration.serve import ServeProcess
+    from tests.wire import message
+
+    port = free_port()
+    gw = ServeProcess(tmp_path).write_config(
+        '[[directory.routes]]\nconnector = "support"\nemail_address = "support@example.test"\n'
+        'fallback = true\nsend_automated_emails = true\n'
+        f'[outbound]\nenabled = true\nretry_initial = 0.2\nretry_max = 0.5\n'
+        f'[outbound.default_gateway]\nhost = "127.0.0.1"\nport = {port}\n'
+        'username = "mailgate"\npassword = "relay-secret"\n')
+    gw.start()
+    with smtplib.LMTP("127.0.0.1", gw.lmtp_port) as client:
+        for n in range(10):
+            client.sendmail(f"customer{n}@customer.test", ["support@example.test"],
+                            message(subject=f"Case {n}", body=f"body {n}\r\n",
+                                    sender=f"customer{n}@customer.test",
+                                    message_id=f"<in-{n}@customer.test>"))
+
+    def queued() -> int:
+        with sqlite3.connect(tmp_path / "mailgate.db", timeout=10) as db:
+            return db.execute("SELECT COUNT(*) FROM outbound_queue WHERE state = 'queued'"
+                              " AND attempts >= 1").fetchone()[0]
+
+    deadline = time.monotonic() + 20
+    while queued() < 10 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert queued() == 10, "ten acknowledgements wait for the relay"
+    os.kill(gw.proc.pid, signal.SIGKILL)
+    gw.proc.wait(10)
+    sink = Sink(port).start()
+    try:
+        gw.start()
+        deadline = time.monotonic() + 20
+        while len(sink.received) < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)                     # room for any second copy to show up
+    finally:
+        sink.stop()
+        gw.stop()
+    counted = Counter(m["Message-ID"] for m in sink.messages())
+    print(f"\nkill -9 outbound: queued 10, delivered {sum(counted.values())}, "
+          f"distinct {len(counted)}")
+    assert len(counted) == 10 and set(counted.values()) == {1}
