@@ -90,7 +90,8 @@ class Gateway:
             autogen_extended=settings.autogen.extended,
             autogen_disabled=frozenset(settings.autogen.disabled),
             message_id_domain=settings.gateway.message_id_domain,
-            dedup_window_days=settings.dedup.window_days)
+            dedup_window_days=settings.dedup.window_days,
+            ack_budget_per_day=settings.outbound.ack_budget_per_day)
         self.pipeline = Runner(self.store, lambda: self.directory, lambda: self.pipeline_settings,
                                observer=self.metrics.pipeline_observer())
         self.ops = Operations(self.store, self.reload_directory)

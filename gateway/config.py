@@ -120,6 +120,7 @@ class OutboundSection:
     unmonitored_address: str = ""
     default_gateway: DefaultGatewaySection = field(default_factory=DefaultGatewaySection)
     dkim: tuple[DkimKey, ...] = ()
+    ack_budget_per_day: int = 10         # R-B3: automated mails per recipient per day
     retry_initial: float = 30.0          # seconds before the first retry; doubles each time
     retry_max: float = 3600.0
     max_lifetime: float = 5 * 86400.0    # then a temporary failure becomes permanent
@@ -215,7 +216,7 @@ CHOICES = {
 SECRET_FILES = {"admin_token_file": "admin_token", "auth_password_file": "auth_password",
                 "password_file": "password"}
 LISTEN_KEYS = {("lmtp", "listen"), ("smtp", "listen"), ("http", "listen")}
-POSITIVE_KEYS = {"retry_initial", "retry_max", "max_lifetime", "max_message_size", "max_recipients", "max_line_length", "max_header_count",
+POSITIVE_KEYS = {"ack_budget_per_day", "retry_initial", "retry_max", "max_lifetime", "max_message_size", "max_recipients", "max_line_length", "max_header_count",
                  "commit_batch_max", "window_days", "timeout", "drain_timeout"}
 
 

@@ -228,6 +228,15 @@ class Txn:
                               " VALUES (?, ?, ?)", (email_id, self.now, self.now))
         return email_id
 
+    async def automated_sent_to(self, address: str, *, since: float) -> int:
+        """R-B3: automated mails composed for ``address`` since ``since``."""
+        row = await self._one(
+            "SELECT COUNT(*) FROM emails WHERE direction = 'outgoing' AND automated = 1"
+            " AND received_at >= ? AND rcpt_to LIKE ? ESCAPE '\\'",
+            (since, '%"' + address.replace("\\", "\\\\").replace("%", "\\%")
+             .replace("_", "\\_") + '"%'))
+        return row[0]
+
     # -- events (R-E6, R-X1) ---------------------------------------------------------
 
     async def emit(self, event_type: str, *, ref: str | None = None,

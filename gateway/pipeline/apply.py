@@ -14,6 +14,7 @@ from gateway import workitems
 from gateway.mail import Mail
 from gateway.model import Route, WorkItem
 from gateway.outbound import compose_ack
+from gateway.pipeline.ack_policy import list_mail, never_automated
 from gateway.pipeline.context import Context, Verdict
 from gateway.pipeline.dedup import already_received, remember
 
@@ -109,17 +110,34 @@ class Apply:
         if not mail.from_address:
             ctx.note(f"no acknowledgement for {item.ref}: no sender address")
             return
+        from_list = list_mail(mail)
+        if from_list:
+            ctx.note(f"no acknowledgement for {item.ref}: {from_list} (R-B3)")
+            return
         own = ctx.directory.owner
         cc = [a for a in mail.cc_addresses if own(a) is None] if route.ack_cc else []
+        recipients = []
+        for address in dict.fromkeys([mail.from_address, *cc]):
+            why = never_automated(address)
+            if why is None and await ctx.txn.automated_sent_to(
+                    address, since=ctx.txn.now - 86400) >= ctx.settings.ack_budget_per_day:
+                why = f"its budget of {ctx.settings.ack_budget_per_day} automated mails a day"
+            if why:
+                ctx.note(f"no acknowledgement to {address}: {why} (R-B3)")
+            else:
+                recipients.append(address)
+        if not recipients:
+            return
+        to, cc = recipients[:1], recipients[1:]
         message, message_id = compose_ack(
-            item=item, connector=ctx.connector, to=[mail.from_address], cc=cc,
+            item=item, connector=ctx.connector, to=to, cc=cc,
             subject=mail.subject, in_reply_to=mail.message_id,
             domain=ctx.settings.message_id_domain, mode=ctx.settings.matching_mode,
             hide_plus_in_from=ctx.settings.hide_plus_in_from)
         raw = message.as_bytes()
         email_id = await ctx.txn.store_outgoing(
             raw, connector=ctx.connector.name, message_id=message_id,
-            mail_from=ctx.connector.primary_address, rcpt_to=[mail.from_address, *cc],
+            mail_from=ctx.connector.primary_address, rcpt_to=[*to, *cc],
             automated=True)
         await ctx.txn.attach_email(item.ref, email_id, "sent")
         await ctx.txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=True)

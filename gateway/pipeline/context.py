@@ -25,6 +25,7 @@ class PipelineSettings:
     autogen_disabled: frozenset[str] = frozenset()
     message_id_domain: str = "mailgate.invalid"
     dedup_window_days: int = 30              # R-D4
+    ack_budget_per_day: int = 10             # R-B3: automated mails per recipient a day
 
 
 @dataclass

@@ -273,3 +273,31 @@ async def test_r_d3_exact_repeat_on_the_same_connector_stops_at_dedup(gw):
     assert fr[1][2] == f"same_bytes_as_email_{fr[0][0]}"
     repeat = next(c for c in copies if c.id == fr[1][0])
     assert [line["stage"] for line in repeat.trace][-1] == "dedup"
+
+
+# -- R-B3: loop breakers for automated mail -------------------------------------------------
+
+@pytest.mark.parametrize("sender,headers", [
+    ("noreply@shop.test", {}),
+    ("MAILER-DAEMON@mx.customer.test", {}),
+    ("newsletter-bounces@lists.test", {}),
+    ("carol@customer.test", {"List-Id": "<support.lists.customer.test>"}),
+    ("carol@customer.test", {"Precedence": "bulk"}),
+])
+async def test_r_b3_no_acknowledgement_to_mailers_no_reply_or_lists(gw, sender, headers):
+    [copy] = await deliver(gw, mail(sender=sender, headers=headers, subject="Hi"),
+                           sender=sender)
+    assert copy.outcome == "created"
+    assert await outgoing(gw, copy.targets[0]["ref"]) == []
+    assert "(R-B3)" in copy.trace[-1]["reason"]
+
+
+async def test_r_b3_automated_mail_budget_per_recipient_per_day(start_gateway):
+    from gateway.config import OutboundSection
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKING_FALLBACKS,
+                             outbound=OutboundSection(ack_budget_per_day=2))
+    acked = []
+    for n in range(3):
+        [copy] = await deliver(gw, mail(subject=f"Problem {n}", body=f"Details {n}."))
+        acked.append(len(await outgoing(gw, copy.targets[0]["ref"])))
+    assert acked == [1, 1, 0]
