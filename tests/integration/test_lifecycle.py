@@ -41,7 +41,8 @@ def test_embedded_default_runs_without_a_config_file(serve, tmp_path):
                   MAILGATE_HTTP_LISTEN=f"127.0.0.1:{gw.http_port}")
     gw.start()
     run = subprocess.run(["swaks", "--protocol", "LMTP", "--server",
-                          f"127.0.0.1:{probe.lmtp_port}", "--to", "support@example.test"],
+                          f"127.0.0.1:{probe.lmtp_port}", "--to", "support@example.test",
+                          "--from", "carol@customer.test"],
                          capture_output=True, text=True, timeout=30)
     assert re.search(r"<-\s+250 2\.0\.0 <support@example.test> Ok", run.stdout), run.stdout
     deadline = time.monotonic() + 10
