@@ -263,7 +263,8 @@ class Gateway:
         if "lmtp" in self.listeners and self.http_port is not None and self.addresses.connectors:
             first = next(iter(self.addresses.connectors.values()))
             host, _ = parse_listen(s.lmtp.listen)
-            log.info("try it: swaks --protocol LMTP --server %s:%d --to %s ; then: curl -H "
+            log.info("try it: swaks --protocol LMTP --server %s:%d --to %s --from "
+                     "carol@customer.test ; then: curl -H "
                      "\"Authorization: Bearer $TOKEN\" '%s/api/v1/emails?message_id=<ID>'",
                      host, self.listeners["lmtp"].port, first.primary_address,
                      f"http://{parse_listen(s.http.listen)[0]}:{self.http_port}")
