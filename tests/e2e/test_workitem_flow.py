@@ -301,3 +301,27 @@ async def test_r_b3_automated_mail_budget_per_recipient_per_day(start_gateway):
         [copy] = await deliver(gw, mail(subject=f"Problem {n}", body=f"Details {n}."))
         acked.append(len(await outgoing(gw, copy.targets[0]["ref"])))
     assert acked == [1, 1, 0]
+
+
+async def test_r_s1_agent_mail_fed_back_is_own_mail_and_the_reply_appends_by_rule_1(gw):
+    from email import message_from_bytes
+    from email import policy as email_policy
+
+    from tests.e2e.helpers import WIRE
+    from tests.wire import WireClient
+    ref = await new_ticket(gw)
+    email_id, message_id = await gw.send_email(ref, to=["carol@customer.test"],
+                                               subject="Question", body="Which printer?")
+    sent = message_from_bytes(await gw.store.raw(email_id), policy=email_policy.default)
+    client = await WireClient.connect(gw.listeners["lmtp"].port)
+    await client.command("LHLO x")
+    await client.transaction("fr@corp.test", ["fr@corp.test"], sent.as_bytes(policy=WIRE))
+    await client.close()
+    await gw.pipeline.drain()
+    [echo] = [c for c in await gw.store.emails_by_message_id(message_id)
+              if c.direction == "incoming"]
+    assert echo.outcome == "own_mail"
+    [reply] = await deliver(gw, mail(subject="Re: Question", body="The blue one.",
+                                     in_reply_to=message_id))
+    assert reply.targets == [{"ref": ref, "action": "appended"}]
+    assert "by gateway_message_id" in reply.trace[4]["reason"]

@@ -169,3 +169,37 @@ def test_r_o4_kill_9_with_mail_queued_delivers_each_exactly_once_after_restart(t
     print(f"\nkill -9 outbound: queued 10, delivered {sum(counted.values())}, "
           f"distinct {len(counted)}")
     assert len(counted) == 10 and set(counted.values()) == {1}
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+async def test_r_o4_relay_over_starttls_and_implicit_tls_verified_against_a_ca_file(
+        start_gateway, tmp_path, mode):
+    import ssl
+
+    import trustme
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_tls)
+    ca.cert_pem.write_to_path(str(tmp_path / "relay-ca.pem"))
+    port = free_port()
+    received = Sink(port)
+    # aiosmtpd cannot tell a socket wrapped in TLS from the start (implicit TLS) from a
+    # plain one, so it would hide AUTH there unless told TLS is not required for it
+    options = ({"tls_context": server_tls, "require_starttls": True} if mode == "starttls"
+               else {"ssl_context": server_tls, "auth_require_tls": False})
+    received.controller = Controller(
+        received, hostname="127.0.0.1", port=port, auth_required=True,
+        authenticator=lambda *a: AuthResult(success=a[4].password == b"relay-secret"),
+        **options)
+    received.start()
+    try:
+        gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=OutboundSection(
+            enabled=True, retry_initial=0.2, default_gateway=DefaultGatewaySection(
+                host="127.0.0.1", port=port, tls=mode, ca_file=str(tmp_path / "relay-ca.pem"),
+                username="mailgate", password="relay-secret")))
+        await deliver(gw, mail(subject=f"Over {mode}"))
+        await gw.delivery.drain(15)
+    finally:
+        received.stop()
+    assert [m["Subject"] for m in received.messages()] == [f"[1-T] Over {mode}"]
