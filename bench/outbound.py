@@ -75,7 +75,6 @@ async def run(messages: int, dkim: bool, port: int, sink: Sink) -> float:
             await gw.send_email(item.ref, to=[f"customer{n}@customer.test"],
                                 subject=f"Update {n}", body="Your printer is fixed.\n" * 40)
         before = sink.count
-        gw.delivery._stopping = False
         started = time.perf_counter()
         gw.delivery.start()
         await gw.delivery.drain(600)

@@ -21,6 +21,7 @@ import aiosmtplib
 import aiosqlite
 
 from gateway.config import OutboundSection
+from gateway.worker import Worker
 from storage import outbound_sql
 from storage.sqlite import SqliteStore
 from storage.txn import Txn
@@ -31,17 +32,17 @@ Signer = Callable[[bytes], tuple[bytes, str | None]]
 BATCH = 20
 
 
-class Delivery:
+class Delivery(Worker):
+    name = "delivery"
+
     def __init__(self, store: SqliteStore, settings: OutboundSection, *,
                  signer: Signer | None = None,
                  on_result: Callable[[str], None] | None = None):
+        super().__init__()
         self.store = store
         self.settings = settings
         self.signer = signer
         self.on_result = on_result
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._stopping = False
         self.idle = asyncio.Event()
         gateway = settings.default_gateway
         self._tls_context = None
@@ -49,16 +50,7 @@ class Delivery:
             self._tls_context = ssl.create_default_context(cafile=gateway.ca_file or None)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="delivery")
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        self.start_task()
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -13,6 +13,7 @@ import inspect
 import logging
 from typing import Any, Awaitable, Callable
 
+from gateway.worker import Worker
 from storage.sqlite import SqliteStore
 
 log = logging.getLogger("mailgate.events")
@@ -20,14 +21,14 @@ log = logging.getLogger("mailgate.events")
 Callback = Callable[[dict], Any | Awaitable[Any]]
 
 
-class EventDispatcher:
+class EventDispatcher(Worker):
+    name = "events"
+
     def __init__(self, store: SqliteStore):
+        super().__init__()
         self.store = store
         self.subscribers: list[tuple[Callback, frozenset[str] | None]] = []
         self.last_id = 0
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._stopping = False
 
     def subscribe(self, callback: Callback, types: set[str] | None = None) -> None:
         """Call ``callback(event)`` for each new event (of ``types``, or all)."""
@@ -35,16 +36,7 @@ class EventDispatcher:
 
     async def start(self) -> None:
         self.last_id = await self.store.last_event_id()   # history is in the feed, not replayed
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="events")
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        self.start_task()
 
     async def _run(self) -> None:
         while True:

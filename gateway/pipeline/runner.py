@@ -31,6 +31,7 @@ from gateway.pipeline.match import Match
 from gateway.pipeline.plus_address import PlusAddress
 from gateway.pipeline.route import Route
 from gateway.pipeline.sent_id import SentIdCheck
+from gateway.worker import Worker
 from storage.sqlite import SqliteStore
 from storage.txn import Txn
 
@@ -51,11 +52,14 @@ class PipelineObserver:
     def outcome(self, verdict: Verdict, ctx: Context | None) -> None: ...
 
 
-class Runner:
+class Runner(Worker):
+    name = "pipeline"
+
     def __init__(self, store: SqliteStore, directory: Callable[[], Directory],
                  settings: Callable[[], PipelineSettings], *,
                  observer: PipelineObserver | None = None, batch_size: int = 32,
                  stages: tuple[Stage, ...] = STAGES, limits: ParseLimits = ParseLimits()):
+        super().__init__()
         self.store = store
         self.directory = directory
         self.settings = settings
@@ -63,29 +67,17 @@ class Runner:
         self.batch_size = batch_size
         self.stages = stages
         self.limits = limits
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._stopping = False
         self.idle = asyncio.Event()
         self._pruned_at = 0.0
 
     # -- the worker ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._work(), name="pipeline")
+        """Intake wakes the worker after every journal commit."""
+        self.start_task()
         self.wake()
 
-    def wake(self) -> None:
-        """Intake calls this after every journal commit."""
-        self._wakeup.set()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-
-    async def _work(self) -> None:
+    async def _run(self) -> None:
         careful = False
         while not self._stopping:
             self._wakeup.clear()
