@@ -298,7 +298,8 @@ class Gateway:
         return await self.ops.set_parent(ref, parent)
 
     async def send_email(self, ref: str, **fields) -> tuple[int, str]:
-        return await self.ops.send_email(ref, settings=self.pipeline_settings, **fields)
+        return await self.ops.send_email(ref, settings=self.pipeline_settings,
+                                         directory=self.directory, **fields)
 
     @property
     def directory_ops(self):

@@ -145,8 +145,12 @@ class Operations:
 
     async def send_email(self, ref: str, *, to: list[str], subject: str, body: str,
                          cc: list[str] = (), settings=None, connector: Connector | None = None,
-                         in_reply_to: str | None = None) -> tuple[int, str]:
-        """R-O6: an agent's mail, appended to the item as outgoing and queued for delivery.
+                         in_reply_to: str | None = None, directory=None,
+                         share_with_linked: bool = False) -> tuple[int, str]:
+        """R-O6: an agent's mail, appended to the item as outgoing and queued for delivery;
+        with ``share_with_linked`` also to the linked items it is addressed to.
+        R-O2: in modes mixed/plus_only a gateway address in To/Cc that belongs to the
+        connector of a linked item carries that item's tag, so the copy lands there.
         Returns (email id, Message-ID)."""
         from gateway.outbound import compose_agent_mail, plain_address
 
@@ -159,14 +163,37 @@ class Operations:
         async def work(txn: Txn) -> tuple[int, str]:
             item = await self._get(txn, ref)
             sender = connector or await _connector(txn, item.connector)
+            shared: list[str] = []
+
+            async def tagged(addresses: list[str]) -> list[str]:
+                if directory is None or settings.matching_mode not in ("mixed", "plus_only"):
+                    return list(addresses)
+                result = []
+                for address in addresses:
+                    owner = directory.owner(address)
+                    linked = [await txn.workitem(r) for r in item.linked] if owner else []
+                    match = next((l for l in linked if l and l.connector == owner), None)
+                    if match is None:
+                        result.append(address)
+                        continue
+                    local, _, domain = address.partition("@")
+                    result.append(f"{local.split('+', 1)[0]}+{match.ref}@{domain}")
+                    shared.append(match.ref)
+                return result
+
+            to_tagged, cc_tagged = await tagged(list(to)), await tagged(list(cc))
             message, message_id = compose_agent_mail(
-                item=item, connector=sender, to=list(to), cc=list(cc), subject=subject,
+                item=item, connector=sender, to=to_tagged, cc=cc_tagged, subject=subject,
                 body=body, in_reply_to=in_reply_to, domain=settings.message_id_domain,
                 mode=settings.matching_mode, hide_plus_in_from=settings.hide_plus_in_from)
             email_id = await txn.store_outgoing(
                 message.as_bytes(), connector=sender.name, message_id=message_id,
-                mail_from=sender.primary_address, rcpt_to=[*to, *cc], automated=False)
+                mail_from=sender.primary_address, rcpt_to=[*to_tagged, *cc_tagged],
+                automated=False)
             await txn.attach_email(item.ref, email_id, "sent")
+            if share_with_linked:
+                for linked_ref in dict.fromkeys(shared):
+                    await txn.attach_email(linked_ref, email_id, "sent")
             await txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=False)
             return email_id, message_id
         return await self._in_txn(work)

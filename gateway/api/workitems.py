@@ -63,6 +63,7 @@ CREATE = {"kind": STRING, "connector": STRING, "parent": OPTIONAL_REF, "mode": S
           "state": STRING, "wait_type": OPTIONAL_STRING, "custom_data": (_is(dict), "an object"),
           "contacts": ADDRESSES, "send_automated_emails": (_is(bool), "true or false")}
 SEND = {"to": ADDRESSES, "cc": ADDRESSES, "subject": STRING, "body": STRING,
+        "share_with_linked": (_is(bool), "true or false"),
         "in_reply_to": (lambda v: v is None or isinstance(v, str) and bool(
             _MESSAGE_ID.fullmatch(v)), "a Message-ID like <id@host> or null")}
 
@@ -192,7 +193,8 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
             return api_error(422, "invalid", "R-O6: to needs at least one address", "to")
         email_id, message_id = await request.app[key].send_email(
             request.match_info["ref"], to=body["to"], cc=body.get("cc", []),
-            subject=body["subject"], body=body["body"], in_reply_to=body.get("in_reply_to"))
+            subject=body["subject"], body=body["body"], in_reply_to=body.get("in_reply_to"),
+            share_with_linked=body.get("share_with_linked", False))
         return web.json_response({"id": email_id, "message_id": message_id}, status=202)
 
     base = "/api/v1/workitems/{ref}"

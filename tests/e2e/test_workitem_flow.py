@@ -325,3 +325,18 @@ async def test_r_s1_agent_mail_fed_back_is_own_mail_and_the_reply_appends_by_rul
                                      in_reply_to=message_id))
     assert reply.targets == [{"ref": ref, "action": "appended"}]
     assert "by gateway_message_id" in reply.trace[4]["reason"]
+
+
+async def test_r_o2_agent_mail_tags_gateway_addresses_with_the_linked_items(mixed):
+    from email import message_from_bytes
+    from email import policy as email_policy
+    first = await new_ticket(mixed)
+    other = await mixed.create_workitem(kind="Ticket", connector="ma")
+    await mixed.link(first, other.ref)
+    email_id, _ = await mixed.send_email(first, to=["carol@customer.test"],
+                                         cc=["ma@corp.test"], subject="Both of you",
+                                         body="Shared.", share_with_linked=True)
+    sent = message_from_bytes(await mixed.store.raw(email_id), policy=email_policy.default)
+    assert sent["From"] == f"fr+{first}@corp.test"
+    assert sent["Cc"] == f"ma+{other.ref}@corp.test"
+    assert email_id in await mixed.ops.workitem_emails(other.ref)     # R-O6: shared
