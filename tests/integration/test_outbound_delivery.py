@@ -13,6 +13,9 @@ from gateway.config import BootstrapRoute, DefaultGatewaySection, OutboundSectio
 from tests.conftest import free_port
 from tests.e2e.helpers import DEPARTMENTS, deliver, mail
 
+# The test relay takes AUTH over plain TCP on loopback on purpose; aiosmtpd warns each time.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+
 ACKS = [BootstrapRoute(connector="fr", email_address="fr@corp.test", fallback=True,
                        send_automated_emails=True),
         BootstrapRoute(connector="ma", email_address="ma@corp.test", fallback=True,
