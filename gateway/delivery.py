@@ -2,10 +2,11 @@
 
 Mail waits in the ``outbound_queue`` table, written in the same transaction
 as the work-item change that made it, so nothing composed is ever lost. A
-single worker sends what is due through the system default gateway (R-O1)
-with aiosmtplib: 2xx → ``sent``; 4xx or a broken connection → tried again
-with exponential backoff until ``max_lifetime``; 5xx → ``failed`` at once,
-with an ``outbound.failed`` event on the work item. The outcome is committed
+single worker sends what is due with aiosmtplib, through the SMTP server of
+the outgoing connector that owns the From address, else the system default
+gateway (R-O1). 2xx → ``sent``; 4xx or a broken connection → tried again with
+exponential backoff until ``max_lifetime``; 5xx → ``failed`` at once, with an
+``outbound.failed`` event on the work item. The outcome is committed
 right after the relay's answer; a crash in between sends that one mail again
 on restart (SMTP offers no better: at least once, never lost).
 """
@@ -20,15 +21,27 @@ from typing import Callable
 import aiosmtplib
 import aiosqlite
 
+from typing import NamedTuple
+
 from gateway.config import OutboundSection
+from gateway.directory import normalize_address
 from gateway.worker import Worker
-from storage import outbound_sql
+from storage import directory_sql, outbound_sql
 from storage.sqlite import SqliteStore
 from storage.txn import Txn
 
 log = logging.getLogger("mailgate.delivery")
 
 Signer = Callable[[bytes], tuple[bytes, str | None]]
+
+
+class Relay(NamedTuple):
+    host: str
+    port: int
+    tls: str
+    username: str
+    password: str
+    name: str
 BATCH = 20
 
 
@@ -44,10 +57,9 @@ class Delivery(Worker):
         self.signer = signer
         self.on_result = on_result
         self.idle = asyncio.Event()
-        gateway = settings.default_gateway
-        self._tls_context = None
-        if gateway.tls != "none":
-            self._tls_context = ssl.create_default_context(cafile=gateway.ca_file or None)
+        # R-C4: the system trust store, plus the configured CA file when there is one
+        self._tls_context = ssl.create_default_context(
+            cafile=settings.default_gateway.ca_file or None)
 
     def start(self) -> None:
         self.start_task()
@@ -60,10 +72,11 @@ class Delivery(Worker):
             except Exception:
                 log.exception("cannot read the outbound queue")
                 due = []
+            relays = await self._connector_relays() if due else {}
             for mail in due:
                 if self._stopping:
                     return
-                await self._deliver(mail)
+                await self._deliver(mail, relays)
             if due:
                 continue
             self.idle.set()
@@ -75,18 +88,40 @@ class Delivery(Worker):
                 pass
             self.idle.clear()
 
-    async def _deliver(self, mail: dict) -> None:
+    async def _connector_relays(self) -> dict[str, Relay]:
+        """R-O1: mailbox → the SMTP server of the first enabled outgoing connector (by name)
+        that has one; mail From any other address uses the system default gateway."""
+        try:
+            entries = await self.store.read(directory_sql.connectors)
+        except Exception:
+            log.exception("cannot read the connectors; using the default gateway")
+            return {}
+        relays: dict[str, Relay] = {}
+        for connector, username, password in entries:
+            if not (connector.enabled and connector.smtp_host
+                    and connector.direction in ("outgoing", "both")):
+                continue
+            relay = Relay(connector.smtp_host, connector.smtp_port, connector.smtp_tls,
+                          username or "", password or "", f"connector {connector.name}")
+            for address in connector.addresses():
+                relays.setdefault(normalize_address(address), relay)
+        return relays
+
+    async def _deliver(self, mail: dict, relays: dict[str, Relay] | None = None) -> None:
         raw, domain = mail["raw"], None
         if self.signer is not None:
             raw, domain = await asyncio.to_thread(self.signer, raw)
         gateway = self.settings.default_gateway
+        relay = (relays or {}).get(normalize_address(mail["mail_from"] or "")) or Relay(
+            gateway.host, gateway.port, gateway.tls, gateway.username, gateway.password,
+            "default gateway")
         try:
             await aiosmtplib.send(
                 raw, sender=mail["mail_from"], recipients=mail["rcpt_to"],
-                hostname=gateway.host, port=gateway.port, timeout=gateway.timeout,
-                use_tls=gateway.tls == "implicit", start_tls=gateway.tls == "starttls",
-                tls_context=self._tls_context, username=gateway.username or None,
-                password=gateway.password or None)
+                hostname=relay.host, port=relay.port, timeout=gateway.timeout,
+                use_tls=relay.tls == "implicit", start_tls=relay.tls == "starttls",
+                tls_context=self._tls_context if relay.tls != "none" else None,
+                username=relay.username or None, password=relay.password or None)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             await self._failed(mail, f"recipients refused: {exc}", permanent=min(codes) >= 500)
@@ -95,7 +130,7 @@ class Delivery(Worker):
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             await self._failed(mail, f"{type(exc).__name__}: {exc}", permanent=False)
         else:
-            await self._record(mail, "sent", None, signed=domain)
+            await self._record(mail, "sent", None, signed=domain, relay=relay.name)
 
     async def _failed(self, mail: dict, error: str, *, permanent: bool) -> None:
         attempts = mail["attempts"] + 1
@@ -115,13 +150,14 @@ class Delivery(Worker):
             self.on_result("deferred")
 
     async def _record(self, mail: dict, state: str, error: str | None, *,
-                      signed: str | None = None) -> None:
+                      signed: str | None = None, relay: str | None = None) -> None:
         async def work(db: aiosqlite.Connection) -> None:
             await outbound_sql.finish(db, mail["email_id"], state=state,
                                       attempts=mail["attempts"] + 1, error=error,
                                       next_attempt_at=time.time())
             await Txn(db).emit(f"outbound.{state}", ref=mail["ref"], email_id=mail["email_id"],
-                               recipients=mail["rcpt_to"], error=error, dkim=signed)
+                               recipients=mail["rcpt_to"], error=error, dkim=signed,
+                               relay=relay)
         await self.store.write(work)
         if state == "failed":
             log.error("email %s to %s failed permanently: %s", mail["email_id"],

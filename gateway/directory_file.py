@@ -30,7 +30,8 @@ TARGET = {"kind": "Ticket", "process": "", "customer": "", "contract": "", "serv
 SCHEMAS: dict[str, dict] = {
     "connectors": {"name": REQUIRED, "service": "lmtp", "protocol": "lmtp",
                    "direction": "incoming", "primary_address": REQUIRED, "aliases": [],
-                   "enabled": True, "route_on_envelope": False},
+                   "enabled": True, "route_on_envelope": False, "smtp_host": "",
+                   "smtp_port": 587, "smtp_tls": "starttls"},
     "routes": {"connector": REQUIRED, "name": REQUIRED, "email_address": REQUIRED,
                "folder_path": "", "order": REQUIRED, "fallback": False, "enabled": True,
                "send_automated_emails": False, "ack_cc": False, "test_mode": False,
@@ -229,7 +230,8 @@ class _Checker:
         self.connectors[name] = (i, Connector(
             name=name, service=v["service"], protocol=v["protocol"], direction=v["direction"],
             primary_address=v["primary_address"], aliases=tuple(v["aliases"]),
-            enabled=v["enabled"], route_on_envelope=v["route_on_envelope"]))
+            enabled=v["enabled"], route_on_envelope=v["route_on_envelope"],
+            smtp_host=v["smtp_host"], smtp_port=v["smtp_port"], smtp_tls=v["smtp_tls"]))
         self.wanted.connectors.append(self.connectors[name][1])
 
     def route(self, i: int, v: dict) -> None:

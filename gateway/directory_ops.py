@@ -45,6 +45,7 @@ class ConnectorEntry:
         return {"name": c.name, "service": c.service, "direction": c.direction,
                 "primary_address": c.primary_address, "aliases": list(c.aliases),
                 "enabled": c.enabled, "route_on_envelope": c.route_on_envelope,
+                "smtp_host": c.smtp_host, "smtp_port": c.smtp_port, "smtp_tls": c.smtp_tls,
                 "username": self.username, "password": self.password}
 
 

@@ -36,6 +36,9 @@ class Connector:
     direction: str = "incoming"
     protocol: str = "lmtp"
     route_on_envelope: bool = False
+    smtp_host: str = ""                 # R-C1 outgoing settings; R-O1 uses them
+    smtp_port: int = 587
+    smtp_tls: str = "starttls"          # none | starttls | implicit
 
     def addresses(self) -> tuple[str, ...]:
         return (self.primary_address, *self.aliases)

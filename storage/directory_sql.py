@@ -15,7 +15,7 @@ from gateway.model import Connector, Route
 from storage.txn import ROUTE_COLUMNS, route_from_row
 
 _CONNECTOR_COLUMNS = ("name, service, primary_address, aliases, enabled, direction, protocol,"
-                      " route_on_envelope, username, password")
+                      " route_on_envelope, username, password, smtp_host, smtp_port, smtp_tls")
 
 
 async def _one(db: aiosqlite.Connection, sql: str, params: Iterable = ()) -> Any:
@@ -30,11 +30,12 @@ async def _all(db: aiosqlite.Connection, sql: str, params: Iterable = ()) -> lis
 
 def _connector(row: Any) -> tuple[Connector, str | None, str | None]:
     (name, service, primary, aliases, enabled, direction, protocol, on_envelope,
-     username, password) = tuple(row)
+     username, password, smtp_host, smtp_port, smtp_tls) = tuple(row)
     return (Connector(name=name, service=service, primary_address=primary,
                       aliases=tuple(json.loads(aliases)), enabled=bool(enabled),
                       direction=direction, protocol=protocol,
-                      route_on_envelope=bool(on_envelope)), username, password)
+                      route_on_envelope=bool(on_envelope), smtp_host=smtp_host,
+                      smtp_port=smtp_port, smtp_tls=smtp_tls), username, password)
 
 
 async def connector(db: aiosqlite.Connection, name: str
@@ -52,17 +53,20 @@ async def connectors(db: aiosqlite.Connection) -> list[tuple[Connector, str | No
 async def save_connector(db: aiosqlite.Connection, c: Connector, username: str | None,
                          password: str | None, now: float, *, create: bool) -> None:
     values = (c.service, c.direction, c.protocol, c.primary_address, json.dumps(list(c.aliases)),
-              int(c.enabled), int(c.route_on_envelope), username, password, now)
+              int(c.enabled), int(c.route_on_envelope), username, password, c.smtp_host,
+              c.smtp_port, c.smtp_tls, now)
     if create:
         await db.execute(
             "INSERT INTO connectors (service, direction, protocol, primary_address, aliases,"
-            " enabled, route_on_envelope, username, password, updated_at, created_at, name)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*values, now, c.name))
+            " enabled, route_on_envelope, username, password, smtp_host, smtp_port, smtp_tls,"
+            " updated_at, created_at, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*values, now, c.name))
     else:
         await db.execute(
             "UPDATE connectors SET service = ?, direction = ?, protocol = ?, primary_address = ?,"
             " aliases = ?, enabled = ?, route_on_envelope = ?, username = ?, password = ?,"
-            " updated_at = ? WHERE name = ?", (*values, c.name))
+            " smtp_host = ?, smtp_port = ?, smtp_tls = ?, updated_at = ? WHERE name = ?",
+            (*values, c.name))
 
 
 async def delete_connector(db: aiosqlite.Connection, name: str) -> None:

@@ -303,13 +303,16 @@ class SqliteStore:
         assert self._reader is not None
         async with self._reader.execute(
                 "SELECT name, service, primary_address, aliases, enabled, direction, protocol,"
-                " route_on_envelope FROM connectors ORDER BY name") as cursor:
+                " route_on_envelope, smtp_host, smtp_port, smtp_tls FROM connectors"
+                " ORDER BY name") as cursor:
             rows = await cursor.fetchall()
         return [Connector(name=r["name"], service=r["service"],
                           primary_address=r["primary_address"],
                           aliases=tuple(json.loads(r["aliases"])), enabled=bool(r["enabled"]),
                           direction=r["direction"], protocol=r["protocol"],
-                          route_on_envelope=bool(r["route_on_envelope"])) for r in rows]
+                          route_on_envelope=bool(r["route_on_envelope"]),
+                          smtp_host=r["smtp_host"], smtp_port=r["smtp_port"],
+                          smtp_tls=r["smtp_tls"]) for r in rows]
 
     async def save_connector(self, connector: Connector, *, create_only: bool = False) -> bool:
         """Insert or update ``connector``; with ``create_only`` leave an existing one.

@@ -41,6 +41,12 @@ SPEC: dict[str, Check] = {
                 f"a list of at most {MAX_ALIASES} addresses (no plus tags)"),
     "enabled": BOOL,
     "route_on_envelope": BOOL,
+    "smtp_host": (lambda v: isinstance(v, str) and len(v) <= 253 and " " not in v,
+                  "a host name for outgoing mail, or \"\" for the system default gateway"),
+    "smtp_port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535,
+                  "a port from 1 to 65535"),
+    "smtp_tls": (lambda v: v in ("none", "starttls", "implicit"),
+                 "one of none, starttls, implicit"),
     "username": (optional(text(254)), "a string or null"),
     "password": (optional(text(10_000)), "a string or null"),
 }
@@ -52,7 +58,8 @@ def connector_json(entry: ConnectorEntry) -> dict:
     return {"name": c.name, "service": c.service, "direction": c.direction,
             "protocol": c.protocol, "primary_address": c.primary_address,
             "aliases": list(c.aliases), "enabled": c.enabled,
-            "route_on_envelope": c.route_on_envelope, "username": entry.username,
+            "route_on_envelope": c.route_on_envelope, "smtp_host": c.smtp_host,
+            "smtp_port": c.smtp_port, "smtp_tls": c.smtp_tls, "username": entry.username,
             "password_set": bool(entry.password)}
 
 
@@ -98,7 +105,9 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
             name=body["name"], service=body.get("service", "lmtp"),
             primary_address=body["primary_address"], aliases=tuple(body.get("aliases", [])),
             enabled=body.get("enabled", True), direction=body.get("direction", "incoming"),
-            route_on_envelope=body.get("route_on_envelope", False))
+            route_on_envelope=body.get("route_on_envelope", False),
+            smtp_host=body.get("smtp_host", ""), smtp_port=body.get("smtp_port", 587),
+            smtp_tls=body.get("smtp_tls", "starttls"))
         entry = await directory(request).create_connector(
             ConnectorEntry(connector, **_credentials(body)), who)
         return web.json_response(connector_json(entry), status=201)

@@ -58,7 +58,7 @@ SCHEMAS = {
     "Connector": obj({
         "name": S, "service": S, "direction": S, "protocol": S, "primary_address": S,
         "aliases": STR_LIST, "enabled": BOOL, "route_on_envelope": BOOL, "username": NULLABLE_S,
-        "password_set": BOOL}),
+        "smtp_host": S, "smtp_port": INT, "smtp_tls": S, "password_set": BOOL}),
     "Route": obj({
         "id": INT, "name": S, "connector": S, "email_address": S, "folder_path": S,
         "rules": obj({"important": {"type": ["boolean", "null"]}, "attachment_types": S,
@@ -108,7 +108,8 @@ ITEM = answer(ref("WorkItem"))
 
 CONNECTOR_IN = {
     "name": S, "service": S, "direction": S, "primary_address": S, "aliases": STR_LIST,
-    "enabled": BOOL, "route_on_envelope": BOOL, "username": NULLABLE_S, "password": NULLABLE_S}
+    "enabled": BOOL, "route_on_envelope": BOOL, "username": NULLABLE_S, "password": NULLABLE_S,
+    "smtp_host": S, "smtp_port": INT, "smtp_tls": S}
 ROUTE_IN = {
     "name": S, "email_address": S, "folder_path": S, "send_automated_emails": BOOL,
     "ack_cc": BOOL, "test_mode": BOOL, "enabled": BOOL, "fallback": BOOL,

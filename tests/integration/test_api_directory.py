@@ -112,7 +112,8 @@ async def test_r_c1_password_is_stored_but_never_returned(http):
     assert status == 201 and body["password_set"] is True and "password" not in body
     assert body == {"name": "billing", "service": "lmtp", "direction": "incoming",
                     "protocol": "lmtp", "primary_address": "billing@other.test", "aliases": [],
-                    "enabled": True, "route_on_envelope": False, "username": "bill",
+                    "enabled": True, "route_on_envelope": False, "smtp_host": "",
+                    "smtp_port": 587, "smtp_tls": "starttls", "username": "bill",
                     "password_set": True}
     for path in ("/connectors", "/connectors/billing", "/activity"):
         async with http.get(f"/api/v1{path}") as r:

@@ -206,3 +206,24 @@ async def test_r_o4_relay_over_starttls_and_implicit_tls_verified_against_a_ca_f
     finally:
         received.stop()
     assert [m["Subject"] for m in received.messages()] == [f"[1-T] Over {mode}"]
+
+
+async def test_r_o1_mail_from_an_outgoing_connector_leaves_through_its_own_server(
+        start_gateway, sink):
+    own = Sink(free_port()).start()
+    try:
+        gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS,
+                                 outbound=outbound(sink.port))
+        await gw.directory_ops.update_connector(
+            "fr", {"direction": "both", "smtp_host": "127.0.0.1", "smtp_port": own.port,
+                   "smtp_tls": "none", "username": "mailgate", "password": "relay-secret"},
+            "test")
+        await deliver(gw, mail(to=["fr@corp.test"], subject="For fr"))
+        await deliver(gw, mail(to=["ma@corp.test"], subject="For ma"))
+        await gw.delivery.drain()
+    finally:
+        own.stop()
+    assert [m["Subject"] for m in own.messages()] == ["[1-T] For fr"]      # fr's own server
+    assert [m["Subject"] for m in sink.messages()] == ["[2-T] For ma"]     # default gateway
+    sent = [e for e in await gw.store.events(0, 100) if e["type"] == "outbound.sent"]
+    assert sorted(e["data"]["relay"] for e in sent) == ["connector fr", "default gateway"]
