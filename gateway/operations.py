@@ -146,7 +146,8 @@ class Operations:
     async def send_email(self, ref: str, *, to: list[str], subject: str, body: str,
                          cc: list[str] = (), settings=None, connector: Connector | None = None,
                          in_reply_to: str | None = None, directory=None,
-                         share_with_linked: bool = False) -> tuple[int, str]:
+                         share_with_linked: bool = False,
+                         attachments: list[tuple[str, str, bytes]] = ()) -> tuple[int, str]:
         """R-O6: an agent's mail, appended to the item as outgoing and queued for delivery;
         with ``share_with_linked`` also to the linked items it is addressed to.
         R-O2: in modes mixed/plus_only a gateway address in To/Cc that belongs to the
@@ -184,6 +185,7 @@ class Operations:
             to_tagged, cc_tagged = await tagged(list(to)), await tagged(list(cc))
             message, message_id = compose_agent_mail(
                 item=item, connector=sender, to=to_tagged, cc=cc_tagged, subject=subject,
+                attachments=list(attachments),
                 body=body, in_reply_to=in_reply_to, domain=settings.message_id_domain,
                 mode=settings.matching_mode, hide_plus_in_from=settings.hide_plus_in_from)
             email_id = await txn.store_outgoing(

@@ -98,8 +98,14 @@ def compose_ack(*, item: WorkItem, subject: str, **common) -> tuple[EmailMessage
 
 
 def compose_agent_mail(*, item: WorkItem, subject: str, body: str,
+                       attachments: list[tuple[str, str, bytes]] = (),
                        **common) -> tuple[EmailMessage, str]:
-    """R-O6: an agent's mail about a work item; not automated, so auto-replies to it count."""
+    """R-O6: an agent's mail about a work item; not automated, so auto-replies to it count.
+    ``attachments``: (file name, content type ``main/sub``, bytes)."""
     message, message_id = _compose(item=item, subject=clean_header(subject)[:900], **common)
     message.set_content(f"{body.rstrip()}\n\n{body_tag(item)}\n")
+    for filename, content_type, data in attachments:
+        maintype, _, subtype = content_type.partition("/")
+        message.add_attachment(data, maintype=maintype, subtype=subtype,
+                               filename=clean_header(filename)[:200])
     return message, message_id

@@ -248,7 +248,9 @@ def paths() -> dict:
             "get": {"parameters": [REF_PATH], "responses": answer(ref("EmailList"))},
             "post": {"parameters": [REF_PATH], "requestBody": body(obj(
                 {"to": STR_LIST, "cc": STR_LIST, "subject": S, "body": S,
-                 "in_reply_to": NULLABLE_S, "share_with_linked": BOOL},
+                 "in_reply_to": NULLABLE_S, "share_with_linked": BOOL,
+                 "attachments": {"type": "array", "items": obj(
+                     {"filename": S, "content_type": S, "content_base64": S}, extra=False)}},
                 ["to", "subject", "body"], False)),
                 "responses": answer(obj({"id": INT, "message_id": S}), "202", "queued")}},
     }

@@ -9,6 +9,7 @@ that field, so a client can tell "wrong URL" from "wrong request".
 """
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any, Awaitable, Callable
 
@@ -62,8 +63,30 @@ ADDRESSES = (_addresses, f"a list of at most {MAX_ADDRESSES} addresses like a@ex
 CREATE = {"kind": STRING, "connector": STRING, "parent": OPTIONAL_REF, "mode": STRING,
           "state": STRING, "wait_type": OPTIONAL_STRING, "custom_data": (_is(dict), "an object"),
           "contacts": ADDRESSES, "send_automated_emails": (_is(bool), "true or false")}
+def _attachments(value: Any) -> bool:
+    """[{"filename", "content_type", "content_base64"}]: at most 20, each decodable."""
+    import base64
+    import binascii
+    if not isinstance(value, list) or len(value) > 20:
+        return False
+    for item in value:
+        if not isinstance(item, dict) or set(item) != {"filename", "content_type",
+                                                        "content_base64"}:
+            return False
+        if not all(isinstance(item[k], str) for k in item) or not item["filename"].strip():
+            return False
+        if not re.fullmatch(r"[a-z0-9.+-]+/[a-z0-9.+-]+", item["content_type"].lower()):
+            return False
+        try:
+            base64.b64decode(item["content_base64"], validate=True)
+        except (binascii.Error, ValueError):
+            return False
+    return True
+
+
 SEND = {"to": ADDRESSES, "cc": ADDRESSES, "subject": STRING, "body": STRING,
         "share_with_linked": (_is(bool), "true or false"),
+        "attachments": (_attachments, "a list of {filename, content_type, content_base64}"),
         "in_reply_to": (lambda v: v is None or isinstance(v, str) and bool(
             _MESSAGE_ID.fullmatch(v)), "a Message-ID like <id@host> or null")}
 
@@ -194,7 +217,10 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         email_id, message_id = await request.app[key].send_email(
             request.match_info["ref"], to=body["to"], cc=body.get("cc", []),
             subject=body["subject"], body=body["body"], in_reply_to=body.get("in_reply_to"),
-            share_with_linked=body.get("share_with_linked", False))
+            share_with_linked=body.get("share_with_linked", False),
+            attachments=[(a["filename"], a["content_type"].lower(),
+                          base64.b64decode(a["content_base64"]))
+                         for a in body.get("attachments", [])])
         return web.json_response({"id": email_id, "message_id": message_id}, status=202)
 
     base = "/api/v1/workitems/{ref}"

@@ -335,7 +335,7 @@ async def test_r_o6_agent_send_appends_outgoing_mail(http):
      "in_reply_to"),
     ({"to": ["a@b.test"], "body": "b"}, "subject"),
     ({"to": ["a@b.test"], "subject": "s", "body": 5}, "body"),
-    ({"to": ["a@b.test"], "subject": "s", "body": "b", "attachments": []}, "attachments"),
+    ({"to": ["a@b.test"], "subject": "s", "body": "b", "attachments": "invoice.pdf"}, "attachments"),
 ])
 async def test_r_o6_agent_send_validates_the_body(http, body, field):
     ref = (await create(http))["ref"]
@@ -377,3 +377,31 @@ async def test_r_o6_mail_over_lmtp_and_the_reply_show_up_on_the_item(gateway, ht
     assert body["emails"][2]["targets"] == [{"ref": ref, "action": "appended"}]
     _, item = await call(http, "GET", f"/workitems/{ref}")
     assert item["new_info"] is True
+
+
+async def test_r_o6_agent_send_with_an_attachment_over_http(gateway):
+    import base64
+    import email
+    from email import policy
+
+    import aiohttp
+    from tests.conftest import ADMIN_TOKEN
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    item = await gateway.create_workitem(kind="Ticket", connector="support")
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.http_port}") as http:
+        async with http.post(f"/api/v1/workitems/{item.ref}/emails", headers=auth, json={
+                "to": ["carol@customer.test"], "subject": "The invoice", "body": "Attached.",
+                "attachments": [{"filename": "invoice.pdf", "content_type": "application/pdf",
+                                 "content_base64": base64.b64encode(b"%PDF-1.4 x").decode()}]}
+                             ) as r:
+            sent = await r.json()
+        assert r.status == 202
+        async with http.post(f"/api/v1/workitems/{item.ref}/emails", headers=auth, json={
+                "to": ["carol@customer.test"], "subject": "x", "body": "y",
+                "attachments": [{"filename": "a", "content_type": "text/plain",
+                                 "content_base64": "not base64!"}]}) as r:
+            assert r.status == 422 and (await r.json())["error"]["field"] == "attachments"
+    message = email.message_from_bytes(await gateway.store.raw(sent["id"]),
+                                       policy=policy.default)
+    [part] = list(message.iter_attachments())
+    assert part.get_filename() == "invoice.pdf" and part.get_content() == b"%PDF-1.4 x"
