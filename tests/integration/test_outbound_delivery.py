@@ -227,3 +227,14 @@ async def test_r_o1_mail_from_an_outgoing_connector_leaves_through_its_own_serve
     assert [m["Subject"] for m in sink.messages()] == ["[2-T] For ma"]     # default gateway
     sent = [e for e in await gw.store.events(0, 100) if e["type"] == "outbound.sent"]
     assert sorted(e["data"]["relay"] for e in sent) == ["connector fr", "default gateway"]
+
+
+async def test_r_o2_hide_plus_in_from_sends_a_plain_from_and_a_tagged_reply_to(start_gateway,
+                                                                               sink):
+    from gateway.config import MatchingSection
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=outbound(sink.port),
+                             matching=MatchingSection(mode="plus_only", hide_plus_in_from=True))
+    await deliver(gw, mail(subject="Tagged"))
+    await gw.delivery.drain()
+    [ack] = sink.messages()
+    assert ack["From"] == "fr@corp.test" and ack["Reply-To"] == "fr+1-T@corp.test"
