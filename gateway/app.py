@@ -47,6 +47,10 @@ VERSION = "0.1.0"
 DEMO_CONNECTOR = Connector(name="support", service="lmtp", primary_address="support@example.test")
 
 
+class StartupError(Exception):
+    """A setting that cannot work with the directory as it is; the process must not start."""
+
+
 class Listener:
     """One asyncio server of LMTP or SMTP sessions, with what a drain needs."""
 
@@ -114,6 +118,7 @@ class Gateway:
             await sender.start()
         await self._bootstrap_directory()
         await self.reload_directory()
+        self._check_unmonitored_address()
         self.pipeline.start()
         if self.delivery is not None:
             self.delivery.start()
@@ -126,6 +131,20 @@ class Gateway:
             await self._start_http()
         self.metrics.ready.set(1)
         self._log_startup()
+
+    def _check_unmonitored_address(self) -> None:
+        """R-O1: without the default gateway, system mail needs an outgoing connector."""
+        outbound = self.settings.outbound
+        if not outbound.enabled or outbound.default_gateway.enabled:
+            return
+        owner = self.directory.owner(outbound.unmonitored_address)
+        connector = self.directory.connectors.get(owner) if owner else None
+        if connector is None or connector.direction not in ("outgoing", "both") \
+                or not connector.smtp_host:
+            raise StartupError(
+                f"R-O1: [outbound] unmonitored_address {outbound.unmonitored_address!r} must "
+                "belong to an enabled outgoing connector with an smtp_host when "
+                "[outbound.default_gateway] enabled = false")
 
     async def open_offline(self) -> None:
         """The store and the directory only: for ``mailgate explain`` beside a running gateway."""
@@ -143,7 +162,8 @@ class Gateway:
         if await self.store.connectors():
             return
         seeds = [Connector(name=c.name, service=c.service, primary_address=c.primary_address,
-                           aliases=tuple(c.aliases), enabled=c.enabled)
+                           aliases=tuple(c.aliases), enabled=c.enabled, direction=c.direction,
+                           smtp_host=c.smtp_host, smtp_port=c.smtp_port, smtp_tls=c.smtp_tls)
                  for c in self.settings.directory.connectors]
         demo = not seeds and self.settings.source == "<embedded default>"
         if demo:

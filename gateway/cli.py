@@ -63,9 +63,10 @@ async def _serve(settings: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    from gateway.app import StartupError
     try:
         await gateway.start()
-    except OSError as exc:
+    except (OSError, StartupError) as exc:
         log.error("cannot start: %s", exc)
         await gateway.stop()
         return 1

@@ -97,6 +97,7 @@ class DedupSection:
 
 @dataclass(frozen=True)
 class DefaultGatewaySection:
+    enabled: bool = True                 # false: only outgoing connectors relay (R-O1)
     host: str = ""
     port: int = 25
     tls: str = "none"
@@ -139,6 +140,10 @@ class BootstrapConnector:
     primary_address: str = ""
     aliases: tuple[str, ...] = ()
     enabled: bool = True
+    direction: str = "incoming"
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_tls: str = "starttls"
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,8 @@ CHOICES = {
     ("outbound.default_gateway", "tls"): ("none", "starttls", "implicit"),
     ("directory.connectors", "service"): ("lmtp",),
     ("directory.routes", "kind"): ("Ticket", "Case"),
+    ("directory.connectors", "direction"): ("incoming", "outgoing", "both"),
+    ("directory.connectors", "smtp_tls"): ("none", "starttls", "implicit"),
 }
 SECRET_FILES = {"admin_token_file": "admin_token", "auth_password_file": "auth_password",
                 "password_file": "password"}
@@ -484,10 +491,16 @@ def _check_cross_field(settings: Settings, loader: _Loader) -> None:
     if smtp.enabled and smtp.auth_username and not smtp.tls_cert:
         loader.problem("smtp", "auth_username",
                        "[smtp] AUTH is only offered over TLS: set tls_cert and tls_key")
-    if settings.outbound.enabled and not settings.outbound.default_gateway.host:
+    outbound = settings.outbound
+    if outbound.enabled and outbound.default_gateway.enabled and not outbound.default_gateway.host:
         loader.problem("outbound.default_gateway", "host",
                        "[outbound] enabled = true needs a system default gateway: set "
                        "[outbound.default_gateway] host (R-O1)")
+    if outbound.enabled and not outbound.default_gateway.enabled \
+            and not outbound.unmonitored_address:
+        loader.problem("outbound", "unmonitored_address",
+                       "R-O1: with the default gateway disabled, set [outbound] "
+                       "unmonitored_address to the address of an outgoing connector")
     for hook in settings.webhooks:
         if not re.fullmatch(r"https?://[^\s/]+\S*", hook.url):
             loader.problem("webhooks", "url", f"[[webhooks]] url {hook.url!r} is not an "

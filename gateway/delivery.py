@@ -112,9 +112,13 @@ class Delivery(Worker):
         if self.signer is not None:
             raw, domain = await asyncio.to_thread(self.signer, raw)
         gateway = self.settings.default_gateway
-        relay = (relays or {}).get(normalize_address(mail["mail_from"] or "")) or Relay(
-            gateway.host, gateway.port, gateway.tls, gateway.username, gateway.password,
-            "default gateway")
+        relay = (relays or {}).get(normalize_address(mail["mail_from"] or ""))
+        if relay is None and not gateway.enabled:
+            await self._record(mail, "failed", f"R-O1: no outgoing connector sends as "
+                               f"{mail['mail_from']} and the default gateway is disabled")
+            return
+        relay = relay or Relay(gateway.host, gateway.port, gateway.tls, gateway.username,
+                               gateway.password, "default gateway")
         try:
             await aiosmtplib.send(
                 raw, sender=mail["mail_from"], recipients=mail["rcpt_to"],

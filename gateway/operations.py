@@ -215,11 +215,12 @@ class Operations:
         async def work(txn: Txn) -> Route:
             await txn.db.execute(
                 "INSERT INTO connectors (name, service, direction, protocol, primary_address,"
-                " aliases, enabled, route_on_envelope, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " aliases, enabled, route_on_envelope, smtp_host, smtp_port, smtp_tls,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (connector.name, connector.service, connector.direction, connector.protocol,
                  connector.primary_address, json.dumps(list(connector.aliases)),
-                 int(connector.enabled), int(connector.route_on_envelope), txn.now, txn.now))
+                 int(connector.enabled), int(connector.route_on_envelope), connector.smtp_host,
+                 connector.smtp_port, connector.smtp_tls, txn.now, txn.now))
             if not with_fallback:
                 return None
             return await _ensure_fallback(txn, connector, fallback_kind, send_automated_emails)

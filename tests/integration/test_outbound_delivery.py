@@ -238,3 +238,36 @@ async def test_r_o2_hide_plus_in_from_sends_a_plain_from_and_a_tagged_reply_to(s
     await gw.delivery.drain()
     [ack] = sink.messages()
     assert ack["From"] == "fr@corp.test" and ack["Reply-To"] == "fr+1-T@corp.test"
+
+
+async def test_r_o1_without_the_default_gateway_the_unmonitored_address_needs_a_connector(
+        tmp_path, sink):
+    from gateway.app import Gateway, StartupError
+    from tests.conftest import make_settings
+    disabled = OutboundSection(enabled=True, unmonitored_address="no-reply@corp.test",
+                               default_gateway=DefaultGatewaySection(enabled=False))
+    gw = Gateway(make_settings(tmp_path, connectors=DEPARTMENTS, routes=ACKS,
+                               outbound=disabled))
+    with pytest.raises(StartupError, match="R-O1"):
+        await gw.start()
+    await gw.stop()
+
+
+async def test_r_o1_mail_without_a_relay_fails_naming_the_rule(start_gateway, sink):
+    from gateway.config import BootstrapConnector
+    connectors = [BootstrapConnector(name="fr", primary_address="fr@corp.test",
+                                     aliases=("no-reply@corp.test",), direction="both",
+                                     smtp_host="127.0.0.1", smtp_port=sink.port,
+                                     smtp_tls="none"),
+                  BootstrapConnector(name="ma", primary_address="ma@corp.test")]
+    gw = await start_gateway(connectors=connectors, routes=ACKS, outbound=OutboundSection(
+        enabled=True, unmonitored_address="no-reply@corp.test",
+        default_gateway=DefaultGatewaySection(enabled=False)))
+    await gw.directory_ops.update_connector(
+        "fr", {"username": "mailgate", "password": "relay-secret"}, "test")
+    await deliver(gw, mail(to=["fr@corp.test"], subject="Has a relay"))
+    await deliver(gw, mail(to=["ma@corp.test"], subject="Has none"))
+    await gw.delivery.drain()
+    assert [m["Subject"] for m in sink.messages()] == ["[1-T] Has a relay"]
+    failed = [e for e in await gw.store.events(0, 100) if e["type"] == "outbound.failed"]
+    assert [(e["ref"], e["data"]["error"][:5]) for e in failed] == [("2-T", "R-O1:")]
