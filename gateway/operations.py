@@ -8,7 +8,6 @@ saves and emits the events (R-E6).
 """
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any, Awaitable, Callable
 
@@ -18,6 +17,7 @@ from gateway import workitems
 from gateway.model import Connector, Route, RouteTarget, WorkItem
 from gateway.routes import validate_route
 from gateway.workitems import Effects, RuleViolation
+from storage import directory_sql
 from storage.sqlite import SqliteStore
 from storage.txn import Txn
 
@@ -213,14 +213,8 @@ class Operations:
         """Create a connector with its fallback route (R-R7: every connector has exactly one;
         R-C2: it cannot be enabled without one). Returns the fallback route."""
         async def work(txn: Txn) -> Route:
-            await txn.db.execute(
-                "INSERT INTO connectors (name, service, direction, protocol, primary_address,"
-                " aliases, enabled, route_on_envelope, smtp_host, smtp_port, smtp_tls,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (connector.name, connector.service, connector.direction, connector.protocol,
-                 connector.primary_address, json.dumps(list(connector.aliases)),
-                 int(connector.enabled), int(connector.route_on_envelope), connector.smtp_host,
-                 connector.smtp_port, connector.smtp_tls, txn.now, txn.now))
+            await directory_sql.save_connector(txn.db, connector, None, None, txn.now,
+                                               create=True)
             if not with_fallback:
                 return None
             return await _ensure_fallback(txn, connector, fallback_kind, send_automated_emails)
@@ -231,9 +225,10 @@ class Operations:
     async def delete_connector(self, name: str) -> bool:
         """Remove a connector and its routes; its work items and emails stay."""
         async def work(txn: Txn) -> bool:
-            await txn.db.execute("DELETE FROM routes WHERE connector = ?", (name,))
-            cursor = await txn.db.execute("DELETE FROM connectors WHERE name = ?", (name,))
-            return cursor.rowcount > 0
+            if await directory_sql.connector(txn.db, name) is None:
+                return False
+            await directory_sql.delete_connector(txn.db, name)
+            return True
         deleted = await self._in_txn(work)
         await self.on_directory_change()
         return deleted
@@ -269,16 +264,14 @@ class Operations:
     async def set_processes(self, names: list[str]) -> None:
         """R-R8: the host says which processes exist; routes naming others get flagged."""
         async def work(txn: Txn) -> None:
-            await txn.db.execute("DELETE FROM processes")
-            await txn.db.executemany("INSERT OR IGNORE INTO processes (name, updated_at)"
-                                     " VALUES (?, ?)", [(n, txn.now) for n in names])
+            await txn.set_processes(names)
         await self._in_txn(work)
 
     async def flagged_routes(self) -> list[tuple[Route, str]]:
         """R-R8 (and R-R7): routes that keep working but need an admin's look, with why."""
         async def work(db: aiosqlite.Connection) -> list[tuple[Route, str]]:
             txn = Txn(db)
-            known = {r[0] for r in await txn._all("SELECT name FROM processes")}
+            known = await txn.processes()
             flagged = []
             for route in await txn.routes():
                 if known and route.target.process and route.target.process not in known:
@@ -293,13 +286,10 @@ class Operations:
 
 
 async def _connector(txn: Txn, name: str) -> Connector:
-    row = await txn._one("SELECT name, service, primary_address, aliases, enabled, direction,"
-                         " protocol, route_on_envelope FROM connectors WHERE name = ?", (name,))
-    if row is None:
+    found = await directory_sql.connector(txn.db, name)
+    if found is None:
         raise LookupError(f"no connector {name!r}")
-    return Connector(name=row[0], service=row[1], primary_address=row[2],
-                     aliases=tuple(json.loads(row[3])), enabled=bool(row[4]), direction=row[5],
-                     protocol=row[6], route_on_envelope=bool(row[7]))
+    return found[0]
 
 
 async def _ensure_fallback(txn: Txn, connector: Connector, kind: str,

@@ -79,6 +79,17 @@ class Txn:
             " FROM emails e JOIN messages m ON m.id = e.message"
             " WHERE e.state = 'journaled' ORDER BY e.id LIMIT ?", (limit,))
 
+    async def backlog(self) -> int:
+        """Copies still waiting for the pipeline."""
+        return (await self._one("SELECT COUNT(*) FROM emails WHERE state = 'journaled'"))[0]
+
+    async def rejournal_unprocessed(self, email_id: int) -> bool:
+        """R-U1: an unprocessed incoming email goes back to the journal; anything else stays."""
+        cursor = await self.db.execute(
+            "UPDATE emails SET state = 'journaled' WHERE id = ? AND state = 'done'"
+            " AND outcome = 'unprocessed' AND direction = 'incoming'", (email_id,))
+        return cursor.rowcount > 0
+
     async def copy_row(self, email_id: int) -> tuple | None:
         return await self._one(
             "SELECT e.id, e.connector, e.source, e.mail_from, e.rcpt_to, e.folder_path, m.raw"
@@ -236,6 +247,26 @@ class Txn:
             (since, '%"' + address.replace("\\", "\\\\").replace("%", "\\%")
              .replace("_", "\\_") + '"%'))
         return row[0]
+
+    async def set_processes(self, names: Iterable[str]) -> None:
+        """R-R8: the host's processes, replacing the previous list."""
+        await self.db.execute("DELETE FROM processes")
+        await self.db.executemany("INSERT OR IGNORE INTO processes (name, updated_at)"
+                                  " VALUES (?, ?)", [(n, self.now) for n in names])
+
+    async def processes(self) -> set[str]:
+        return {r[0] for r in await self._all("SELECT name FROM processes")}
+
+    async def email_state(self, email_id: int) -> tuple | None:
+        """(outcome, direction, trace JSON) of one email."""
+        return await self._one("SELECT outcome, direction, trace FROM emails WHERE id = ?",
+                               (email_id,))
+
+    async def savepoint(self, action: str) -> None:
+        """``begin`` / ``rollback`` / ``release`` the per-copy savepoint of the runner."""
+        sql = {"begin": "SAVEPOINT copy", "rollback": "ROLLBACK TO copy",
+               "release": "RELEASE copy"}[action]
+        await self.db.execute(sql)
 
     # -- events (R-E6, R-X1) ---------------------------------------------------------
 

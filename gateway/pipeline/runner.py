@@ -129,10 +129,7 @@ class Runner(Worker):
         return removed
 
     async def backlog(self) -> int:
-        async def count(db: aiosqlite.Connection) -> int:
-            async with db.execute("SELECT COUNT(*) FROM emails WHERE state = 'journaled'") as c:
-                return (await c.fetchone())[0]
-        return await self.store.read(count)
+        return await self.store.read(lambda db: Txn(db).backlog())
 
     # -- one batch, one transaction -----------------------------------------------------
 
@@ -151,7 +148,7 @@ class Runner(Worker):
                             isolate: bool) -> tuple[Verdict, Context | None]:
         email_id, connector_name, source, mail_from, rcpt_to, folder_path, raw = row
         if isolate:
-            await txn.db.execute("SAVEPOINT copy")
+            await txn.savepoint("begin")
         ctx = None
         try:
             verdict, ctx = await self.decide(txn, email_id=email_id, connector=connector_name,
@@ -162,7 +159,7 @@ class Runner(Worker):
             if not isolate:
                 raise
             log.exception("email %s: pipeline error", email_id)
-            await txn.db.execute("ROLLBACK TO copy")
+            await txn.savepoint("rollback")
             verdict = Verdict("unprocessed", "internal_error")
             trace = [TraceLine("runner", "unprocessed", f"{type(exc).__name__}: {exc}").to_json()]
             f1 = None
@@ -170,7 +167,7 @@ class Runner(Worker):
             trace = [line.to_json() for line in ctx.trace]
             f1 = ctx.f1
         if isolate:
-            await txn.db.execute("RELEASE copy")
+            await txn.savepoint("release")
         await txn.set_outcome(email_id, outcome=verdict.outcome, reason=verdict.reason or None,
                               targets=verdict.targets, trace=trace, f1=f1,
                               connector=connector_name)
@@ -248,8 +245,7 @@ class Runner(Worker):
         async def job(db: aiosqlite.Connection) -> Verdict:
             txn = Txn(db)
             row = await txn.copy_row(email_id)
-            state = await txn._one("SELECT outcome, direction, trace FROM emails WHERE id = ?",
-                                   (email_id,))
+            state = await txn.email_state(email_id)
             if row is None or state is None:
                 raise LookupError("email")
             if state[0] != "unprocessed" or state[1] != "incoming":
@@ -300,13 +296,7 @@ class Runner(Worker):
     async def reprocess(self, email_id: int) -> bool:
         """R-U1: put an unprocessed email back in the journal (after a route fix, say).
         Only unprocessed mail: a placed email run again could change nothing but its record."""
-        async def again(db: aiosqlite.Connection) -> bool:
-            cursor = await db.execute(
-                "UPDATE emails SET state = 'journaled' WHERE id = ? AND state = 'done'"
-                " AND outcome = 'unprocessed' AND direction = 'incoming'", (email_id,))
-            return cursor.rowcount > 0
-
-        queued = await self.store.write(again)
+        queued = await self.store.write(lambda db: Txn(db).rejournal_unprocessed(email_id))
         if queued:
             self.wake()
         return queued
