@@ -13,7 +13,7 @@ import aiosqlite
 
 from storage import directory_sql
 
-SECRET_FIELDS = frozenset({"password"})
+SECRET_FIELDS = frozenset({"password", "client_secret", "certificate_password"})
 MASK = "***"
 ACTIONS = ("create", "update", "delete", "enable", "disable", "move")
 

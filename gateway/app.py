@@ -33,11 +33,13 @@ from gateway.model import Connector, Route, RouteRules, RouteTarget, WorkItem
 from gateway.operations import Operations
 from gateway.pipeline.context import PipelineSettings
 from gateway.pipeline.runner import Runner
+from gateway.pollers import Pollers
 from gateway.protocols.data import DataLimits
 from gateway.protocols.lmtp import LmtpSession
 from gateway.protocols.session import GatewayHandler, SessionStats
 from gateway.protocols.smtp import SmtpSession
 from metrics import Metrics
+from storage import directory_sql
 from storage.sqlite import SqliteStore
 from storage.txn import Txn
 
@@ -99,6 +101,9 @@ class Gateway:
         self.pipeline = Runner(self.store, lambda: self.directory, lambda: self.pipeline_settings,
                                observer=self.metrics.pipeline_observer())
         self.ops = Operations(self.store, self.reload_directory)
+        self.pollers = Pollers(self.store, self.intake.accept_polled,
+                               observe=self.metrics.observe_poll,
+                               forget=self.metrics.forget_poller)
         self.listeners: dict[str, Listener] = {}
         self.http_runner: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -122,6 +127,8 @@ class Gateway:
         self.pipeline.start()
         if self.delivery is not None:
             self.delivery.start()
+        self.pollers.started = True
+        await self._sync_pollers()
         if s.lmtp.enabled:
             self.listeners["lmtp"] = await self._listen("lmtp", LmtpSession, s.lmtp, None)
         if s.smtp.enabled:
@@ -186,6 +193,12 @@ class Gateway:
             return Directory(await self.store.connectors(), await txn.routes(),
                              await txn.contacts())
         self.directory = await self.store.read(load)
+        if self.pollers.started:
+            await self._sync_pollers()
+
+    async def _sync_pollers(self) -> None:
+        """Pollers follow the directory: started, restarted or stopped per connector."""
+        await self.pollers.sync(await self.store.read(directory_sql.connectors))
 
     @property
     def addresses(self) -> AddressBook:
@@ -421,6 +434,8 @@ class Gateway:
         await asyncio.sleep(0)
         if self.http_runner is not None:
             await self.http_runner.cleanup()
+        self.pollers.started = False
+        await self.pollers.stop()
         await self.pipeline.stop()
         if self.delivery is not None:
             await self.delivery.stop()

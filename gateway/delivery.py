@@ -97,7 +97,7 @@ class Delivery(Worker):
             log.exception("cannot read the connectors; using the default gateway")
             return {}
         relays: dict[str, Relay] = {}
-        for connector, username, password in entries:
+        for connector, username, password, _ in entries:
             if not (connector.enabled and connector.smtp_host
                     and connector.direction in ("outgoing", "both")):
                 continue

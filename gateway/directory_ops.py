@@ -20,7 +20,7 @@ import aiosqlite
 
 from gateway import activity, route_bands
 from gateway.directory import normalize_address
-from gateway.model import Connector, Route, RouteTarget
+from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector, Route, RouteTarget
 from gateway.workitems import RuleViolation
 from storage import directory_sql
 from storage.txn import Txn
@@ -34,19 +34,29 @@ class Conflict(RuleViolation):
 
 @dataclass(frozen=True, slots=True)
 class ConnectorEntry:
-    """A connector with its credentials (R-C1). The password leaves only as ``password_set``."""
+    """A connector with its credentials (R-C1). The password and the other secrets
+    (``client_secret``, ``certificate_password``) leave only as ``*_set`` flags."""
     connector: Connector
     username: str | None = None
     password: str | None = None
+    secrets: dict = dataclasses.field(default_factory=dict)
+
+    def secret(self, name: str) -> str | None:
+        return self.secrets.get(name) or None
 
     def snapshot(self) -> dict:
-        """The fields the history compares (R-C5); ``activity`` masks the password."""
+        """The fields the history compares (R-C5); ``activity`` masks the secrets."""
         c = self.connector
-        return {"name": c.name, "service": c.service, "direction": c.direction,
-                "primary_address": c.primary_address, "aliases": list(c.aliases),
-                "enabled": c.enabled, "route_on_envelope": c.route_on_envelope,
-                "smtp_host": c.smtp_host, "smtp_port": c.smtp_port, "smtp_tls": c.smtp_tls,
-                "username": self.username, "password": self.password}
+        values = {"name": c.name, "service": c.service, "direction": c.direction,
+                  "primary_address": c.primary_address, "aliases": list(c.aliases),
+                  "enabled": c.enabled, "route_on_envelope": c.route_on_envelope,
+                  "smtp_host": c.smtp_host, "smtp_port": c.smtp_port, "smtp_tls": c.smtp_tls,
+                  "username": self.username, "password": self.password}
+        if c.polled:
+            values.update({name: getattr(c, name) for name in POLL_FIELDS})
+            values["folders"] = list(c.folders)
+            values.update({name: self.secret(name) for name in SECRET_FIELDS})
+        return values
 
 
 def route_snapshot(route: Route, order: int) -> dict:
@@ -106,7 +116,7 @@ class DirectoryOps:
                 raise Conflict("R-C1", f"connector {c.name!r} exists", "name")
             await _check_addresses_free(txn.db, c)
             await directory_sql.save_connector(txn.db, c, entry.username, entry.password,
-                                               txn.now, create=True)
+                                               txn.now, create=True, secrets=entry.secrets)
             await activity.record(txn.db, f"connector:{c.name}", actor, txn.now, None,
                                   entry.snapshot())
             fallback = Route(id=0, name=f"{c.name} fallback", connector=c.name,
@@ -118,27 +128,35 @@ class DirectoryOps:
             return entry
         return await write(self.ops, work)
 
-    async def update_connector(self, name: str, fields: dict, actor: str) -> ConnectorEntry:
-        """R-C1 update. R-C2: enabling needs a fallback route. R-R7: the fallback follows
-        the primary address. An address that routes use must stay (R-R1)."""
+    async def update_connector(self, name: str, fields: dict, actor: str, *,
+                               force: bool = False) -> ConnectorEntry:
+        """R-C1 update. R-C2: enabling needs a fallback route. R-C3: enabling a polled
+        mailbox whose last test failed needs ``force``. R-R7: the fallback follows the
+        primary address. An address that routes use must stay (R-R1)."""
         async def work(txn: Txn) -> ConnectorEntry:
             old = await load_connector(txn.db, name)
             credentials = {k: fields[k] for k in ("username", "password") if k in fields}
-            changed = {k: v for k, v in fields.items() if k not in credentials}
-            if "aliases" in changed:
-                changed["aliases"] = tuple(changed["aliases"])
+            secrets = {k: fields[k] for k in SECRET_FIELDS if k in fields}
+            changed = {k: v for k, v in fields.items()
+                       if k not in credentials and k not in secrets}
+            for listed in ("aliases", "folders"):
+                if listed in changed:
+                    changed[listed] = tuple(changed[listed])
             new = dataclasses.replace(old, connector=dataclasses.replace(old.connector, **changed),
-                                      **credentials)
+                                      secrets={**old.secrets, **secrets}, **credentials)
             routes = await txn.routes(name)
             fallback = next((r for r in routes if r.fallback), None)
             if new.connector.enabled and not old.connector.enabled and fallback is None:
                 raise RuleViolation("R-C2", f"connector {name!r} has no fallback route; "
                                     "create one (POST .../routes with fallback true) first",
                                     "enabled")
+            if new.connector.enabled and not old.connector.enabled and not force:
+                await _check_last_test(txn.db, new.connector)
             await _check_addresses_free(txn.db, new.connector)
             _check_routed_addresses_kept(old.connector, new.connector, routes)
             await directory_sql.save_connector(txn.db, new.connector, new.username,
-                                               new.password, txn.now, create=False)
+                                               new.password, txn.now, create=False,
+                                               secrets=new.secrets)
             await activity.record(txn.db, f"connector:{name}", actor, txn.now,
                                   old.snapshot(), new.snapshot())
             primary = new.connector.primary_address
@@ -195,13 +213,28 @@ class DirectoryOps:
         return await write(self.ops, work)
 
 
+async def _check_last_test(db: aiosqlite.Connection, connector: Connector) -> None:
+    """R-C3: an incoming polled connector whose last test failed would only fail again
+    every poll_interval; switching it on takes a passing test or an explicit force. Read
+    in the enabling transaction, so a test recorded meanwhile cannot slip past."""
+    if not connector.polled or connector.direction == "outgoing":
+        return
+    last = await directory_sql.last_test(db, connector.name)
+    if last is not None and not last[0]:
+        detail = last[1] if len(last[1]) <= 300 else last[1][:299] + "…"
+        raise RuleViolation("R-C3", f"the last test of connector {connector.name!r} failed "
+                            f"({detail}); test it again (POST /api/v1/connectors/"
+                            f"{connector.name}/test) or enable it with \"force\": true",
+                            "enabled")
+
+
 async def _check_addresses_free(db: aiosqlite.Connection, connector: Connector) -> None:
     """R-C1: an address (tags and case ignored) belongs to one connector, enabled or not."""
     mine = [normalize_address(a) for a in connector.addresses()]
     if len(set(mine)) != len(mine):
         raise RuleViolation("R-C1", "an address is listed twice (primary and aliases)",
                             "aliases")
-    for other, _, _ in await directory_sql.connectors(db):
+    for other, *_ in await directory_sql.connectors(db):
         if other.name == connector.name:
             continue
         taken = {normalize_address(a) for a in other.addresses()}

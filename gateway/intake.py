@@ -112,3 +112,17 @@ class Intake:
             else:
                 results.append(RecipientResult(rcpt, None, error or "not stored"))
         return results
+
+    async def accept_polled(self, copies: list[Copy]) -> list[int]:
+        """Journal copies a poller fetched (R-I4); their ids once durably committed.
+
+        Raises StoreError when the commit failed: the poller then leaves the
+        messages on the server and tries again next round.
+        """
+        ids = await self.store.journal(copies)
+        if self.on_journaled is not None:
+            self.on_journaled()
+        if self.on_received is not None:
+            for copy in copies:
+                self.on_received(copy.source, copy.connector, len(copy.raw))
+        return ids

@@ -23,11 +23,16 @@ class Copy:
     peer: str | None = None
     helo: str | None = None
     folder_path: str | None = None
+    # Polled mail: the message's key in its mailbox folder (IMAP "uidvalidity:uid",
+    # POP3 UIDL, Graph id). The journal records it in the same commit as the copy,
+    # so a poller that crashed before deleting knows the message is already stored.
+    poll_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Connector:
-    """A mailbox the gateway serves (R-C1). Only what intake needs so far."""
+    """A mailbox the gateway serves (R-C1), without its secrets (those stay in the
+    directory's ``ConnectorEntry`` and are read only by what logs in)."""
     name: str
     service: str
     primary_address: str
@@ -39,9 +44,42 @@ class Connector:
     smtp_host: str = ""                 # R-C1 outgoing settings; R-O1 uses them
     smtp_port: int = 587
     smtp_tls: str = "starttls"          # none | starttls | implicit
+    # R-C1 incoming settings of a polled connector (imap, pop3, graph); see POLL_FIELDS
+    host: str = ""
+    port: int = 0                       # 0: the protocol's port for ``tls``
+    tls: str = "implicit"               # none | starttls | implicit
+    folders: tuple[str, ...] = ("INBOX",)
+    poll_interval: int = 60             # seconds between rounds (R-I4)
+    shared_mailbox: str = ""            # "access another mailbox"; Graph: the mailbox UPN
+    tenant_id: str = ""                 # R-I6 Graph client credentials
+    application_id: str = ""
+    certificate_file: str = ""          # PFX (with certificate_password) or PEM key
+    certificate_thumbprint: str = ""    # SHA-1 hex, with a PEM key
+    authority_host: str = "https://login.microsoftonline.com"
+    graph_base_url: str = "https://graph.microsoft.com/v1.0"
+    ca_file: str = ""                   # R-C4 extra trusted CA
+    tls_verify: bool = True             # R-C4: off only explicitly, warned at every start
+    keep_on_server: bool = False        # R-B5: flag \Seen instead of deleting
+    start_from: str = "all"             # R-B5: "now" skips what the mailbox holds at first poll
 
     def addresses(self) -> tuple[str, ...]:
         return (self.primary_address, *self.aliases)
+
+    @property
+    def polled(self) -> bool:
+        return self.protocol in POLLED_PROTOCOLS
+
+
+POLLED_PROTOCOLS = ("imap", "pop3", "graph")
+
+# Connector fields that only polled connectors use; stored together (one JSON column)
+# because nothing queries them: the pollers read them back whole.
+POLL_FIELDS = ("host", "port", "tls", "folders", "poll_interval", "shared_mailbox",
+               "tenant_id", "application_id", "certificate_file", "certificate_thumbprint",
+               "authority_host", "graph_base_url", "ca_file", "tls_verify", "keep_on_server",
+               "start_from")
+# Secrets a polled connector may carry besides the password (never logged or listed).
+SECRET_FIELDS = ("client_secret", "certificate_password")
 
 
 @dataclass(slots=True)

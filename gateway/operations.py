@@ -209,12 +209,15 @@ class Operations:
 
     async def add_connector(self, connector: Connector, *, fallback_kind: str = "Ticket",
                             send_automated_emails: bool = False,
-                            with_fallback: bool = True) -> Route | None:
+                            with_fallback: bool = True, username: str | None = None,
+                            password: str | None = None,
+                            secrets: dict | None = None) -> Route | None:
         """Create a connector with its fallback route (R-R7: every connector has exactly one;
-        R-C2: it cannot be enabled without one). Returns the fallback route."""
+        R-C2: it cannot be enabled without one). Returns the fallback route. A polled
+        connector brings its login: ``username``, ``password`` and the Graph ``secrets``."""
         async def work(txn: Txn) -> Route:
-            await directory_sql.save_connector(txn.db, connector, None, None, txn.now,
-                                               create=True)
+            await directory_sql.save_connector(txn.db, connector, username, password, txn.now,
+                                               create=True, secrets=secrets)
             if not with_fallback:
                 return None
             return await _ensure_fallback(txn, connector, fallback_kind, send_automated_emails)

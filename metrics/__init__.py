@@ -81,6 +81,20 @@ class Metrics:
             self.stage_seconds.labels(stage)
         for outcome in OUTCOME_NAMES:
             self.outcomes.labels(outcome)
+        self.poll_rounds = Counter(
+            "mailgate_poll_rounds_total", "Mailbox poll rounds, by connector and result (R-I4).",
+            ["connector", "protocol", "result"], registry=r)
+        self.poll_seconds = Histogram(
+            "mailgate_poll_round_seconds", "Duration of one poll round (all folders).",
+            ["protocol"], registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+        self.poll_up = Gauge(
+            "mailgate_poller_up", "1 while the connector's last poll round succeeded.",
+            ["connector", "protocol"], registry=r)
+        self.poll_last_success = Gauge(
+            "mailgate_poll_last_success_timestamp_seconds",
+            "When the connector's mailbox was last polled successfully (alert on age).",
+            ["connector", "protocol"], registry=r)
         self.ready = Gauge("mailgate_ready", "1 while the gateway accepts mail.", registry=r)
         self.draining = Gauge("mailgate_draining", "1 while the gateway drains on shutdown.",
                               registry=r)
@@ -96,6 +110,23 @@ class Metrics:
             return
         self.commit_seconds.labels("sqlite").observe(seconds)
         self.commit_batch.labels("sqlite").observe(copies)
+
+    def observe_poll(self, status, seconds: float, ok: bool) -> None:
+        """One finished poll round of a ``gateway.poller.PollerStatus``."""
+        labels = (status.connector, status.protocol)
+        self.poll_rounds.labels(*labels, "ok" if ok else "error").inc()
+        self.poll_seconds.labels(status.protocol).observe(seconds)
+        self.poll_up.labels(*labels).set(1 if ok else 0)
+        if ok and status.last_success_at is not None:
+            self.poll_last_success.labels(*labels).set(status.last_success_at)
+
+    def forget_poller(self, connector: str, protocol: str) -> None:
+        """A removed connector leaves no stale series behind."""
+        for gauge in (self.poll_up, self.poll_last_success):
+            try:
+                gauge.remove(connector, protocol)
+            except KeyError:
+                pass
 
     def observe_outbound(self, result: str) -> None:
         self.outbound.labels(result).inc()

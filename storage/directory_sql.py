@@ -11,11 +11,12 @@ from typing import Any, Iterable
 
 import aiosqlite
 
-from gateway.model import Connector, Route
+from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector, Route
 from storage.txn import ROUTE_COLUMNS, route_from_row
 
 _CONNECTOR_COLUMNS = ("name, service, primary_address, aliases, enabled, direction, protocol,"
-                      " route_on_envelope, username, password, smtp_host, smtp_port, smtp_tls")
+                      " route_on_envelope, username, password, smtp_host, smtp_port, smtp_tls,"
+                      " incoming, secrets")
 
 
 async def _one(db: aiosqlite.Connection, sql: str, params: Iterable = ()) -> Any:
@@ -28,44 +29,67 @@ async def _all(db: aiosqlite.Connection, sql: str, params: Iterable = ()) -> lis
         return list(await cursor.fetchall())
 
 
-def _connector(row: Any) -> tuple[Connector, str | None, str | None]:
+# (connector, username, password, secrets): what the directory keeps of a connector
+ConnectorRow = tuple[Connector, str | None, str | None, dict]
+
+
+def incoming_json(c: Connector) -> str:
+    """The polled-connector settings (POLL_FIELDS) as the ``incoming`` column holds them."""
+    values = {name: getattr(c, name) for name in POLL_FIELDS}
+    values["folders"] = list(c.folders)
+    return json.dumps(values, sort_keys=True)
+
+
+def _incoming(text: str) -> dict:
+    values = {k: v for k, v in json.loads(text or "{}").items() if k in POLL_FIELDS}
+    if "folders" in values:
+        values["folders"] = tuple(values["folders"])
+    return values
+
+
+def _connector(row: Any) -> ConnectorRow:
     (name, service, primary, aliases, enabled, direction, protocol, on_envelope,
-     username, password, smtp_host, smtp_port, smtp_tls) = tuple(row)
+     username, password, smtp_host, smtp_port, smtp_tls, incoming, secrets) = tuple(row)
     return (Connector(name=name, service=service, primary_address=primary,
                       aliases=tuple(json.loads(aliases)), enabled=bool(enabled),
                       direction=direction, protocol=protocol,
                       route_on_envelope=bool(on_envelope), smtp_host=smtp_host,
-                      smtp_port=smtp_port, smtp_tls=smtp_tls), username, password)
+                      smtp_port=smtp_port, smtp_tls=smtp_tls, **_incoming(incoming)),
+            username, password,
+            {k: v for k, v in json.loads(secrets or "{}").items() if k in SECRET_FIELDS})
 
 
-async def connector(db: aiosqlite.Connection, name: str
-                    ) -> tuple[Connector, str | None, str | None] | None:
-    """(connector, username, password) or None."""
+async def connector(db: aiosqlite.Connection, name: str) -> ConnectorRow | None:
+    """(connector, username, password, secrets) or None."""
     row = await _one(db, f"SELECT {_CONNECTOR_COLUMNS} FROM connectors WHERE name = ?", (name,))
     return _connector(row) if row is not None else None
 
 
-async def connectors(db: aiosqlite.Connection) -> list[tuple[Connector, str | None, str | None]]:
+async def connectors(db: aiosqlite.Connection) -> list[ConnectorRow]:
     rows = await _all(db, f"SELECT {_CONNECTOR_COLUMNS} FROM connectors ORDER BY name")
     return [_connector(r) for r in rows]
 
 
 async def save_connector(db: aiosqlite.Connection, c: Connector, username: str | None,
-                         password: str | None, now: float, *, create: bool) -> None:
+                         password: str | None, now: float, *, create: bool,
+                         secrets: dict | None = None) -> None:
+    kept = {k: v for k, v in (secrets or {}).items() if k in SECRET_FIELDS and v}
     values = (c.service, c.direction, c.protocol, c.primary_address, json.dumps(list(c.aliases)),
               int(c.enabled), int(c.route_on_envelope), username, password, c.smtp_host,
-              c.smtp_port, c.smtp_tls, now)
+              c.smtp_port, c.smtp_tls, incoming_json(c), json.dumps(kept, sort_keys=True), now)
     if create:
         await db.execute(
             "INSERT INTO connectors (service, direction, protocol, primary_address, aliases,"
             " enabled, route_on_envelope, username, password, smtp_host, smtp_port, smtp_tls,"
-            " updated_at, created_at, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " incoming, secrets, updated_at, created_at, name)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (*values, now, c.name))
     else:
         await db.execute(
             "UPDATE connectors SET service = ?, direction = ?, protocol = ?, primary_address = ?,"
             " aliases = ?, enabled = ?, route_on_envelope = ?, username = ?, password = ?,"
-            " smtp_host = ?, smtp_port = ?, smtp_tls = ?, updated_at = ? WHERE name = ?",
+            " smtp_host = ?, smtp_port = ?, smtp_tls = ?, incoming = ?, secrets = ?,"
+            " updated_at = ? WHERE name = ?",
             (*values, c.name))
 
 
@@ -88,6 +112,27 @@ async def set_orders(db: aiosqlite.Connection, orders: list[tuple[int, int]]) ->
     """``(order, id)`` pairs (R-R5: 1..N per connector)."""
     await db.executemany("UPDATE routes SET ord = ? WHERE id = ?", orders)
 
+
+
+# -- connector tests (R-C3) ---------------------------------------------------------------
+
+async def save_test(db: aiosqlite.Connection, name: str, ok: bool, detail: str,
+                    at: float) -> None:
+    """Keep the last test of connector ``name`` (nothing when it was deleted meanwhile)."""
+    await db.execute(
+        "INSERT INTO connector_tests (connector, ok, detail, tested_at)"
+        " SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM connectors WHERE name = ?)"
+        " ON CONFLICT(connector) DO UPDATE SET ok = excluded.ok, detail = excluded.detail,"
+        " tested_at = excluded.tested_at", (name, int(ok), detail, at, name))
+
+
+async def last_test(db: aiosqlite.Connection, name: str) -> tuple[bool, str, float] | None:
+    """(ok, detail, tested_at) of the connector's last test, or None when never tested.
+    A test older than the connector is of a deleted namesake: it does not count."""
+    row = await _one(db, "SELECT t.ok, t.detail, t.tested_at FROM connector_tests t"
+                         " JOIN connectors c ON c.name = t.connector"
+                         " WHERE t.connector = ? AND t.tested_at >= c.created_at", (name,))
+    return (bool(row[0]), row[1], row[2]) if row is not None else None
 
 # -- contacts (R-R2 sender company) ------------------------------------------------------
 

@@ -210,7 +210,7 @@ class SqliteStore:
         assert db is not None
         started = time.perf_counter()
         now = time.time()
-        message_rows, email_rows, results = [], [], []
+        message_rows, email_rows, results, polled_rows = [], [], [], []
         message_id, email_id = self._next_message_id, self._next_email_id
         for job in batch:
             stored: dict[int, int] = {}
@@ -224,6 +224,9 @@ class SqliteStore:
                 email_rows.append((email_id, stored[key], copy.connector, copy.source,
                                    copy.mail_from, json.dumps(list(copy.rcpt_to)),
                                    copy.message_id, copy.folder_path, copy.peer, copy.helo, now))
+                if copy.poll_key is not None:
+                    polled_rows.append((copy.connector, copy.folder_path or "", copy.poll_key,
+                                        email_id, now))
                 ids.append(email_id)
                 email_id += 1
             results.append(ids)
@@ -243,6 +246,10 @@ class SqliteStore:
                 "INSERT INTO emails (id, message, connector, source, mail_from, rcpt_to,"
                 " message_id, folder_path, peer, helo, received_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", email_rows)
+            if polled_rows:
+                await db.executemany(
+                    "INSERT OR REPLACE INTO polled (connector, folder, key, email_id, fetched_at)"
+                    " VALUES (?, ?, ?, ?, ?)", polled_rows)
             await db.commit()
         except Exception as exc:  # any failure: nothing of the batch is acknowledged
             log.error("journal commit of %d copies failed: %s", count, exc)
@@ -300,19 +307,10 @@ class SqliteStore:
     # -- directory -----------------------------------------------------------------
 
     async def connectors(self) -> list[Connector]:
+        """Every connector, without credentials (the directory snapshot's view)."""
+        from storage import directory_sql
         assert self._reader is not None
-        async with self._reader.execute(
-                "SELECT name, service, primary_address, aliases, enabled, direction, protocol,"
-                " route_on_envelope, smtp_host, smtp_port, smtp_tls FROM connectors"
-                " ORDER BY name") as cursor:
-            rows = await cursor.fetchall()
-        return [Connector(name=r["name"], service=r["service"],
-                          primary_address=r["primary_address"],
-                          aliases=tuple(json.loads(r["aliases"])), enabled=bool(r["enabled"]),
-                          direction=r["direction"], protocol=r["protocol"],
-                          route_on_envelope=bool(r["route_on_envelope"]),
-                          smtp_host=r["smtp_host"], smtp_port=r["smtp_port"],
-                          smtp_tls=r["smtp_tls"]) for r in rows]
+        return [row[0] for row in await directory_sql.connectors(self._reader)]
 
     async def save_connector(self, connector: Connector, *, create_only: bool = False) -> bool:
         """Insert or update ``connector``; with ``create_only`` leave an existing one.
@@ -322,19 +320,21 @@ class SqliteStore:
         now = time.time()
 
         async def work(db: aiosqlite.Connection) -> bool:
+            from storage.directory_sql import incoming_json
             on_conflict = ("DO NOTHING" if create_only else
                            "DO UPDATE SET service = excluded.service, direction = excluded.direction,"
                            " protocol = excluded.protocol, primary_address = excluded.primary_address,"
                            " aliases = excluded.aliases, enabled = excluded.enabled,"
                            " route_on_envelope = excluded.route_on_envelope,"
-                           " updated_at = excluded.updated_at")
+                           " incoming = excluded.incoming, updated_at = excluded.updated_at")
             cursor = await db.execute(
                 "INSERT INTO connectors (name, service, direction, protocol, primary_address,"
-                " aliases, enabled, route_on_envelope, created_at, updated_at)"
-                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) {on_conflict}",
+                " aliases, enabled, route_on_envelope, incoming, created_at, updated_at)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) {on_conflict}",
                 (connector.name, connector.service, connector.direction, connector.protocol,
                  connector.primary_address, json.dumps(list(connector.aliases)),
-                 int(connector.enabled), int(connector.route_on_envelope), now, now))
+                 int(connector.enabled), int(connector.route_on_envelope),
+                 incoming_json(connector), now, now))
             return cursor.rowcount > 0
 
         return await self.write(work)

@@ -59,6 +59,8 @@ async def readyz(request: web.Request) -> web.Response:
         "store": await gateway.store.ping(),
         "listeners": {name: l.server.is_serving() for name, l in gateway.listeners.items()},
         "draining": gateway.draining,
+        # detail only: a failing mailbox must not take the LMTP front door out of service
+        "pollers": gateway.pollers.statuses(),
     }
     ready = checks["store"] and not gateway.draining and all(checks["listeners"].values())
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)

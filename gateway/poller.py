@@ -1,0 +1,251 @@
+"""Mailbox pollers (R-I4, R-I5, R-B5): fetch, journal, and only then delete.
+
+One :class:`Poller` per enabled polled connector. Every ``poll_interval`` it
+opens a session with the mailbox and, folder by folder:
+
+1. lists the messages by their stable key (IMAP ``uidvalidity:uid``, POP3
+   UIDL, Graph id);
+2. fetches, in batches, those the ``polled`` table does not know;
+3. journals them: each copy carries its key, and the journal writes the key in
+   the same fsynced commit as the copy (``Copy.poll_key``);
+4. removes them from the server (or, with ``keep_on_server``, marks them seen).
+
+A crash anywhere leaves a consistent state: before 3 the message is still on
+the server and is fetched again; after 3 the next round finds its key known and
+only removes it again, so it is never journaled twice (and if a server hands
+the same bytes back under a new key, dedup R-D1 absorbs it). Keys of messages
+gone from a folder are forgotten, so the table is as big as the mailboxes.
+
+R-B5: with ``start_from = "now"`` the first round of a folder only remembers
+what is there (a watermark) and fetches nothing; those messages stay untouched.
+
+A failing mailbox never takes the gateway down: the poller reports (status,
+metrics, one event per failure spell), backs off exponentially and retries.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from gateway.intake import scan_message_id
+from gateway.model import Connector, Copy
+from gateway.protocols.mailbox import Credentials, Mailbox, MailboxError, open_mailbox
+from storage import poll_sql
+from storage.sqlite import SqliteStore, StoreError
+from storage.txn import Txn
+
+log = logging.getLogger("mailgate.poller")
+
+BATCH = 100                 # messages per fetch and per journal commit
+MAX_BACKOFF = 30 * 60       # seconds: a broken mailbox is retried at least this often
+MIN_BACKOFF = 5
+
+Journal = Callable[[list[Copy]], Awaitable[list[int]]]
+
+
+@dataclass
+class PollerStatus:
+    """What ``/readyz`` and ``GET /connectors/{name}/status`` show of one poller."""
+    connector: str
+    protocol: str
+    state: str = "starting"             # starting | ok | failing | stopped
+    rounds: int = 0
+    failures: int = 0                   # consecutive
+    last_error: str | None = None
+    last_success_at: float | None = None
+    last_round_fetched: int = 0
+    next_poll_at: float | None = None
+    fetched_total: int = 0
+
+    def as_json(self) -> dict:
+        return {"connector": self.connector, "protocol": self.protocol, "state": self.state,
+                "rounds": self.rounds, "failures": self.failures,
+                "last_error": self.last_error, "last_success_at": self.last_success_at,
+                "last_round_fetched": self.last_round_fetched,
+                "fetched_total": self.fetched_total, "next_poll_at": self.next_poll_at}
+
+
+@dataclass
+class RoundResult:
+    fetched: int = 0
+    removed: int = 0
+    skipped: int = 0
+    folders: dict[str, int] = field(default_factory=dict)
+
+
+def backoff(failures: int, interval: int) -> float:
+    """Seconds to wait after ``failures`` failed rounds in a row: doubling from the
+    poll interval (at least MIN_BACKOFF), capped, with jitter so that many
+    connectors of one broken server do not retry in lockstep."""
+    base = max(MIN_BACKOFF, min(interval, MAX_BACKOFF))
+    delay = min(base * 2 ** max(0, failures - 1), MAX_BACKOFF)
+    return delay * random.uniform(0.8, 1.0)
+
+
+class Poller:
+    """Polls one connector's mailbox until stopped."""
+
+    def __init__(self, store: SqliteStore, connector: Connector, credentials: Credentials,
+                 journal: Journal, *, mailbox: Mailbox | None = None, batch: int = BATCH,
+                 observe: Callable[[PollerStatus, float, bool], None] | None = None,
+                 timeout: float | None = None):
+        self.store = store
+        self.connector = connector
+        self.credentials = credentials
+        self.journal = journal
+        options = {"timeout": timeout} if timeout is not None else {}
+        self.mailbox = mailbox or open_mailbox(connector, credentials, **options)
+        self.batch = batch
+        self.observe = observe
+        self.status = PollerStatus(connector.name, connector.protocol)
+        self._task: asyncio.Task | None = None
+        self._poll_now = asyncio.Event()
+        self.round_done = asyncio.Event()   # set after every round (tests, ``poll now``)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"poller:{self.connector.name}")
+
+    async def stop(self) -> None:
+        """Cancel at the next await. Safe anywhere: a journal commit already handed to
+        the writer completes on its own, and its keys are then known next time."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        self.status.state = "stopped"
+        self.status.next_poll_at = None
+
+    def poll_now(self) -> None:
+        """Start the next round at once instead of after the interval."""
+        self._poll_now.set()
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            ok = await self._round()
+            interval = self.connector.poll_interval
+            delay = interval if ok else backoff(self.status.failures, interval)
+            if self.observe is not None:
+                self.observe(self.status, time.monotonic() - started, ok)
+            self.status.next_poll_at = time.time() + delay
+            self.round_done.set()
+            self._poll_now.clear()
+            try:
+                await asyncio.wait_for(self._poll_now.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+            self.round_done.clear()
+
+    async def _round(self) -> bool:
+        status = self.status
+        status.rounds += 1
+        try:
+            result = await self.poll_once()
+        except asyncio.CancelledError:
+            raise
+        except (MailboxError, StoreError, OSError, asyncio.TimeoutError) as exc:
+            return await self._failed(str(exc) or exc.__class__.__name__)
+        except Exception as exc:  # a bug must not end the poller for good
+            log.exception("poller %s: unexpected error", self.connector.name)
+            return await self._failed(f"internal error: {exc.__class__.__name__}: {exc}")
+        recovered = status.state == "failing"
+        status.state, status.failures, status.last_error = "ok", 0, None
+        status.last_success_at = time.time()
+        status.last_round_fetched = result.fetched
+        status.fetched_total += result.fetched
+        if result.fetched or result.skipped:
+            log.info("poller %s: fetched %d, removed %d, skipped %d (%s)", self.connector.name,
+                     result.fetched, result.removed, result.skipped,
+                     ", ".join(f"{f}: {n}" for f, n in result.folders.items()))
+        if recovered:
+            log.info("poller %s: mailbox reachable again", self.connector.name)
+            await self._emit("connector.poll_recovered")
+        return True
+
+    async def _failed(self, error: str) -> bool:
+        status = self.status
+        first = status.state != "failing"
+        status.state, status.last_error = "failing", error
+        status.failures += 1
+        log.warning("poller %s: round failed (%d in a row): %s", self.connector.name,
+                    status.failures, error)
+        if first:
+            await self._emit("connector.poll_failed", error=error)
+        return False
+
+    async def _emit(self, event_type: str, **data: object) -> None:
+        """One event per change of health, so a host can alert (R-X1)."""
+        async def work(db) -> None:
+            await Txn(db).emit(event_type, connector=self.connector.name,
+                               protocol=self.connector.protocol, **data)
+        try:
+            await self.store.write(work)
+        except Exception as exc:  # the store may be the very thing that fails
+            log.error("poller %s: cannot record %s: %s", self.connector.name, event_type, exc)
+
+    # -- one round ------------------------------------------------------------------------
+
+    async def poll_once(self) -> RoundResult:
+        """One session: every folder, every new message journaled before it is removed."""
+        result = RoundResult()
+        async with self.mailbox as mailbox:
+            for folder in mailbox.folders():
+                await self._poll_folder(mailbox, folder, result)
+        return result
+
+    async def _poll_folder(self, mailbox: Mailbox, folder: str, result: RoundResult) -> None:
+        name = self.connector.name
+        present = await mailbox.keys(folder)
+        known = await self.store.read(lambda db: poll_sql.known(db, name, folder))
+        if poll_sql.FIRST_POLL_MARK not in known and self.connector.start_from == "now":
+            await self.store.write(lambda db: poll_sql.mark(db, name, folder, present,
+                                                            time.time()))
+            result.skipped += len(present)
+            log.info("poller %s: %s first polled with start_from=now: %d message(s) left "
+                     "as they are (R-B5)", name, folder, len(present))
+            return
+        if poll_sql.FIRST_POLL_MARK not in known:
+            await self.store.write(lambda db: poll_sql.mark(db, name, folder, [], time.time()))
+        # Journaled before, still on the server: the delete of an earlier round did not
+        # happen (crash, dropped session). With keys the server never reuses (IMAP
+        # uidvalidity:uid, Graph ids) remove it now and never journal it again. A POP3
+        # UIDL may be reused for new mail once the old one is gone, so POP3 fetches it
+        # again and lets dedup (R-D1) absorb an identical copy: nothing new is lost.
+        leftover = [k for k in present if known.get(k) is not None]
+        if not mailbox.stable_keys and not self.connector.keep_on_server:
+            new = [k for k in present if known.get(k, 0) is not None]
+        else:
+            new = [k for k in present if k not in known]
+            if leftover and not self.connector.keep_on_server:
+                await mailbox.remove(folder, leftover)
+                result.removed += len(leftover)
+        fetched_here = 0
+        for start in range(0, len(new), self.batch):
+            fetched = await mailbox.fetch(folder, new[start:start + self.batch])
+            if not fetched:
+                continue
+            copies = [Copy(raw=f.raw, connector=name, source=mailbox.source,
+                           message_id=scan_message_id(f.raw), folder_path=folder,
+                           poll_key=f.key) for f in fetched]
+            await self.journal(copies)          # durable, keys included (R-I4)
+            await mailbox.remove(folder, [f.key for f in fetched])
+            fetched_here += len(fetched)
+            result.removed += len(fetched)
+        result.fetched += fetched_here
+        result.folders[folder] = fetched_here
+        on_server = set(present)
+        gone = [k for k in known if k not in on_server and k != poll_sql.FIRST_POLL_MARK]
+        if gone:
+            await self.store.write(lambda db: poll_sql.forget(db, name, folder, gone),
+                                   durable=False)

@@ -1,0 +1,88 @@
+"""The set of running pollers, kept in step with the directory (R-I4, R-C4).
+
+After every directory change the gateway hands the connectors over; a poller
+starts for each enabled polled connector that receives mail, restarts when its
+settings or login changed, and stops when the connector is disabled or deleted.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from gateway.model import Connector
+from gateway.poller import Journal, Poller, PollerStatus
+from gateway.protocols.mailbox import Credentials
+from storage.sqlite import SqliteStore
+
+log = logging.getLogger("mailgate.poller")
+
+# (connector, username, password, secrets) as storage.directory_sql returns them
+Row = tuple[Connector, str | None, str | None, dict]
+
+
+def credentials_of(row: Row) -> Credentials:
+    _, username, password, secrets = row
+    return Credentials(username=username, password=password,
+                       client_secret=secrets.get("client_secret"),
+                       certificate_password=secrets.get("certificate_password"))
+
+
+def wants_poller(connector: Connector) -> bool:
+    return (connector.enabled and connector.polled
+            and connector.direction in ("incoming", "both"))
+
+
+class Pollers:
+    def __init__(self, store: SqliteStore, journal: Journal, *,
+                 observe: Callable[[PollerStatus, float, bool], None] | None = None,
+                 forget: Callable[[str, str], None] | None = None,
+                 timeout: float | None = None):
+        self.store = store
+        self.journal = journal
+        self.observe = observe
+        self.forget = forget
+        self.timeout = timeout
+        self.running: dict[str, tuple[Row, Poller]] = {}
+        self.started = False
+
+    async def sync(self, rows: list[Row]) -> None:
+        """Start, restart and stop pollers to match ``rows`` (the whole directory)."""
+        wanted = {row[0].name: row for row in rows if wants_poller(row[0])}
+        for name in list(self.running):
+            row, poller = self.running[name]
+            if wanted.get(name) != row:
+                await poller.stop()
+                del self.running[name]
+                if name not in wanted and self.forget is not None:
+                    self.forget(name, row[0].protocol)
+                log.info("poller %s: stopped (%s)", name,
+                         "settings changed" if name in wanted else "disabled or deleted")
+        for name, row in wanted.items():
+            if name in self.running:
+                continue
+            connector = row[0]
+            if not connector.tls_verify:
+                log.warning("poller %s: TLS certificate verification is DISABLED for %s "
+                            "(tls_verify = false, R-C4)", name, connector.host or "graph")
+            try:
+                poller = Poller(self.store, connector, credentials_of(row), self.journal,
+                                observe=self.observe, timeout=self.timeout)
+            except Exception as exc:  # one broken connector must not stop the others
+                log.error("poller %s: cannot start: %s", name, exc)
+                continue
+            poller.start()
+            self.running[name] = (row, poller)
+            log.info("poller %s: polling %s %s every %ds", name, connector.protocol,
+                     ", ".join(connector.folders), connector.poll_interval)
+
+    def get(self, name: str) -> Poller | None:
+        found = self.running.get(name)
+        return found[1] if found else None
+
+    def statuses(self) -> dict[str, dict]:
+        return {name: poller.status.as_json() for name, (_, poller) in self.running.items()}
+
+    async def stop(self) -> None:
+        for name in list(self.running):
+            _, poller = self.running.pop(name)
+            await poller.stop()

@@ -1,0 +1,127 @@
+"""What every polled mailbox offers the poller (R-I4): list, fetch, remove.
+
+IMAP, POP3 and Graph differ on the wire but the poller's loop is the same:
+open a session, list the messages of each folder by a key that stays stable
+across sessions (IMAP ``uidvalidity:uid``, POP3 UIDL, Graph message id), fetch
+the raw bytes of the ones not yet journaled, journal them, and only then remove
+them from the server. Each protocol module implements :class:`Mailbox`.
+
+Every network wait is bounded (``timeout``): a dropped connection must end in a
+:class:`MailboxError`, never in a poller that hangs.
+"""
+from __future__ import annotations
+
+import abc
+import logging
+import ssl
+from dataclasses import dataclass
+
+from gateway.model import Connector
+
+log = logging.getLogger("mailgate.mailbox")
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class MailboxError(Exception):
+    """The server refused or the connection failed. ``str()`` is the server's own
+    words where it gave any (R-C3 reports them as they are)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A connector's login, read from the directory only by what logs in."""
+    username: str | None = None
+    password: str | None = None
+    client_secret: str | None = None
+    certificate_password: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    key: str
+    raw: bytes
+
+
+class Mailbox(abc.ABC):
+    """Sessions with one mailbox. Use as ``async with``: open on enter, close on exit.
+
+    The poller keeps one object per connector for its whole life and opens a new
+    session every round, so what outlives a session (Graph's token cache, a
+    folder-id cache) belongs on the object."""
+    source = ""             # the R-I7 source name: imap, pop3, graph
+    # True when the server never gives a key to another message (IMAP UIDs under one
+    # UIDVALIDITY, Graph ids). POP3 UIDLs may be reused once a message is gone.
+    stable_keys = True
+
+    def __init__(self, connector: Connector, credentials: Credentials, *,
+                 timeout: float = DEFAULT_TIMEOUT):
+        self.connector = connector
+        self.credentials = credentials
+        self.timeout = timeout
+
+    async def __aenter__(self) -> "Mailbox":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and log in; :class:`MailboxError` with the server's reply if refused."""
+
+    def folders(self) -> list[str]:
+        """The folders this session polls (R-I5; POP3 has only INBOX)."""
+        return list(self.connector.folders) or ["INBOX"]
+
+    @abc.abstractmethod
+    async def keys(self, folder: str) -> list[str]:
+        """The stable keys of the messages in ``folder``, oldest first."""
+
+    @abc.abstractmethod
+    async def fetch(self, folder: str, keys: list[str]) -> list[Fetched]:
+        """The raw bytes of ``keys`` (exactly as the server holds them). A key whose
+        message vanished meanwhile is left out."""
+
+    @abc.abstractmethod
+    async def remove(self, folder: str, keys: list[str]) -> None:
+        """Delete ``keys`` (R-I4), or with ``keep_on_server`` mark them seen (R-B5).
+        Called only after their copies are committed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """End the session politely (POP3: QUIT commits the DELEs). Never raises."""
+
+    async def test(self) -> str:
+        """R-C3: log in and read one folder; a line saying what was seen."""
+        async with self:
+            folder = self.folders()[0]
+            count = len(await self.keys(folder))
+        return f"{self.source}: logged in; {folder} holds {count} message(s)"
+
+
+def tls_context(connector: Connector) -> ssl.SSLContext:
+    """R-C4: the system trust store, plus the connector's ``ca_file`` when given.
+    Verification is off only when the connector says so explicitly."""
+    context = ssl.create_default_context()
+    if connector.ca_file:
+        context.load_verify_locations(cafile=connector.ca_file)
+    if not connector.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def open_mailbox(connector: Connector, credentials: Credentials, **options) -> Mailbox:
+    """The :class:`Mailbox` for ``connector``'s protocol."""
+    if connector.protocol == "imap":
+        from gateway.protocols.imap import ImapMailbox
+        return ImapMailbox(connector, credentials, **options)
+    if connector.protocol == "pop3":
+        from gateway.protocols.pop3 import Pop3Mailbox
+        return Pop3Mailbox(connector, credentials, **options)
+    if connector.protocol == "graph":
+        from gateway.protocols.graph import GraphMailbox
+        return GraphMailbox(connector, credentials, **options)
+    raise MailboxError(f"{connector.protocol!r} connectors are not polled")
