@@ -104,7 +104,8 @@ class Poller:
         self.status = PollerStatus(connector.name, connector.protocol)
         self._task: asyncio.Task | None = None
         self._poll_now = asyncio.Event()
-        self.round_done = asyncio.Event()   # set after every round (tests, ``poll now``)
+        self._started_rounds = 0
+        self._waiters: list[tuple[int, asyncio.Future]] = []
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -130,8 +131,19 @@ class Poller:
         """Start the next round at once instead of after the interval."""
         self._poll_now.set()
 
+    async def poll(self, timeout: float = 60.0) -> PollerStatus:
+        """Run a round that starts after this call and wait for its end (an admin's
+        "poll now", tests, the bench). Returns the status it left."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._started_rounds + 1, future))
+        self.poll_now()
+        return await asyncio.wait_for(future, timeout)
+
     async def _run(self) -> None:
         while True:
+            self._poll_now.clear()
+            self._started_rounds += 1
+            number = self._started_rounds
             started = time.monotonic()
             ok = await self._round()
             interval = self.connector.poll_interval
@@ -139,13 +151,17 @@ class Poller:
             if self.observe is not None:
                 self.observe(self.status, time.monotonic() - started, ok)
             self.status.next_poll_at = time.time() + delay
-            self.round_done.set()
-            self._poll_now.clear()
+            waiting = []
+            for wanted, future in self._waiters:
+                if wanted > number:
+                    waiting.append((wanted, future))
+                elif not future.done():
+                    future.set_result(self.status)
+            self._waiters = waiting
             try:
                 await asyncio.wait_for(self._poll_now.wait(), delay)
             except asyncio.TimeoutError:
                 pass
-            self.round_done.clear()
 
     async def _round(self) -> bool:
         status = self.status
@@ -199,9 +215,16 @@ class Poller:
     async def poll_once(self) -> RoundResult:
         """One session: every folder, every new message journaled before it is removed."""
         result = RoundResult()
+        failed: list[str] = []
         async with self.mailbox as mailbox:
             for folder in mailbox.folders():
-                await self._poll_folder(mailbox, folder, result)
+                # One missing or broken folder must not keep the others from being polled.
+                try:
+                    await self._poll_folder(mailbox, folder, result)
+                except MailboxError as exc:
+                    failed.append(f"{folder}: {exc}")
+        if failed:
+            raise MailboxError("; ".join(failed))
         return result
 
     async def _poll_folder(self, mailbox: Mailbox, folder: str, result: RoundResult) -> None:

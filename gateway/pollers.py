@@ -36,8 +36,9 @@ class Pollers:
     def __init__(self, store: SqliteStore, journal: Journal, *,
                  observe: Callable[[PollerStatus, float, bool], None] | None = None,
                  forget: Callable[[str, str], None] | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, mailbox_factory: Callable | None = None):
         self.store = store
+        self.mailbox_factory = mailbox_factory    # (connector, credentials) -> Mailbox
         self.journal = journal
         self.observe = observe
         self.forget = forget
@@ -48,11 +49,15 @@ class Pollers:
     async def sync(self, rows: list[Row]) -> None:
         """Start, restart and stop pollers to match ``rows`` (the whole directory)."""
         wanted = {row[0].name: row for row in rows if wants_poller(row[0])}
+        carried: dict[str, PollerStatus] = {}
         for name in list(self.running):
             row, poller = self.running[name]
             if wanted.get(name) != row:
                 await poller.stop()
                 del self.running[name]
+                # A fixed password restarts the poller; its health history goes on, so the
+                # next good round reports the recovery (one event per failure spell).
+                carried[name] = poller.status
                 if name not in wanted and self.forget is not None:
                     self.forget(name, row[0].protocol)
                 log.info("poller %s: stopped (%s)", name,
@@ -65,11 +70,18 @@ class Pollers:
                 log.warning("poller %s: TLS certificate verification is DISABLED for %s "
                             "(tls_verify = false, R-C4)", name, connector.host or "graph")
             try:
-                poller = Poller(self.store, connector, credentials_of(row), self.journal,
-                                observe=self.observe, timeout=self.timeout)
+                credentials = credentials_of(row)
+                mailbox = (self.mailbox_factory(connector, credentials)
+                           if self.mailbox_factory is not None else None)
+                poller = Poller(self.store, connector, credentials, self.journal,
+                                mailbox=mailbox, observe=self.observe, timeout=self.timeout)
             except Exception as exc:  # one broken connector must not stop the others
                 log.error("poller %s: cannot start: %s", name, exc)
                 continue
+            previous = carried.get(name)
+            if previous is not None and previous.protocol == connector.protocol:
+                previous.state = "failing" if previous.failures else "starting"
+                poller.status = previous
             poller.start()
             self.running[name] = (row, poller)
             log.info("poller %s: polling %s %s every %ds", name, connector.protocol,
@@ -78,6 +90,14 @@ class Pollers:
     def get(self, name: str) -> Poller | None:
         found = self.running.get(name)
         return found[1] if found else None
+
+    async def poll(self, name: str, timeout: float = 60.0) -> PollerStatus:
+        """One round of ``name``'s poller, started now; LookupError if it has none."""
+        poller = self.get(name)
+        if poller is None:
+            raise LookupError(f"connector {name!r} has no running poller (enabled, polled, "
+                              "incoming?)")
+        return await poller.poll(timeout)
 
     def statuses(self) -> dict[str, dict]:
         return {name: poller.status.as_json() for name, (_, poller) in self.running.items()}
