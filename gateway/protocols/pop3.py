@@ -1,0 +1,221 @@
+"""Polling a POP3 mailbox (R-I4) with stdlib poplib, run in a worker thread.
+
+POP3 is small and blocking, so poplib does it and every call runs in
+``asyncio.to_thread``, never on the event loop. Each socket read is bounded by
+``timeout`` (poplib's socket timeout), so a dead server ends in
+:class:`MailboxError`.
+
+Keys are UIDL values, which RFC 1939 says persist across sessions; message
+numbers do not, so the UIDL -> number map lives only for one session
+(notes/reliability.md A16). DELE takes effect only when QUIT ends the session in
+the UPDATE state: :meth:`Pop3Mailbox.close` sends QUIT, and a session that drops
+before it deletes nothing, so the next round fetches those messages again and
+dedup (R-D1) absorbs them. POP3 has one folder, INBOX.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import poplib
+import socket
+from typing import Any, Callable
+
+from gateway.protocols.imap import login_name
+from gateway.protocols.mailbox import Fetched, Mailbox, MailboxError, tls_context
+
+log = logging.getLogger("mailgate.pop3")
+
+# poplib rejects lines over 2048 bytes ("line too long"); real mail breaks RFC 5322's
+# 998 often enough, and a message we cannot read would be polled again forever. The
+# cap only stops a hostile server from growing one line without end (R-I3's message
+# limit is 35 MB).
+MAX_LINE = 64 * 1024 * 1024
+CLOSED = "connection closed by the server"
+
+
+class _Client:
+    """poplib, adjusted: lines up to ``MAX_LINE`` bytes, and no socket left open when
+    the greeting never comes (poplib's constructor raises without closing it)."""
+    file: Any
+    sock: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            for part in (getattr(self, "file", None), getattr(self, "sock", None)):
+                if part is not None:
+                    part.close()
+            raise
+
+    def _getline(self) -> tuple[bytes, int]:
+        line = self.file.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise poplib.error_proto("-ERR line too long")
+        if not line:
+            raise poplib.error_proto("-ERR EOF")
+        if line.endswith(b"\r\n"):
+            return line[:-2], len(line)
+        if line.endswith(b"\n"):
+            return line[:-1], len(line)
+        return line, len(line)
+
+
+class _POP3(_Client, poplib.POP3):
+    pass
+
+
+class _POP3_SSL(_Client, poplib.POP3_SSL):
+    pass
+
+
+def _server_text(error: poplib.error_proto) -> str:
+    """The server's words after ``-ERR`` (R-C3 reports them as they are)."""
+    reply = error.args[0] if error.args else b""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+    if text == "-ERR EOF":
+        return CLOSED
+    return text[5:] if text.startswith("-ERR ") else text
+
+
+def _close(client: poplib.POP3) -> None:
+    """Close the socket, whatever state it is in (a failed STLS handshake leaves
+    poplib holding a detached socket whose shutdown raises EBADF)."""
+    try:
+        client.close()
+    except OSError:
+        pass
+
+
+class Pop3Mailbox(Mailbox):
+    """A POP3 connector's INBOX (R-I4), TLS per R-C4."""
+    source = "pop3"
+    stable_keys = False     # RFC 1939 lets a server reuse a UIDL once its message is gone
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._client: poplib.POP3 | None = None
+        self._numbers: dict[str, int] = {}
+
+    def folders(self) -> list[str]:
+        return ["INBOX"]
+
+    async def _run(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)`` in a worker thread; network failures become MailboxError."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except poplib.error_proto as e:
+            text = _server_text(e)
+            if text == CLOSED:
+                self.abort()
+            raise MailboxError(text if text != CLOSED else f"{what}: {text}") from e
+        except (socket.timeout, TimeoutError) as e:
+            self.abort()
+            raise MailboxError(f"{what}: no reply within {self.timeout:g} s") from e
+        except (OSError, EOFError) as e:
+            self.abort()
+            raise MailboxError(f"{what}: {e or type(e).__name__}") from e
+
+    def _client_or_fail(self) -> poplib.POP3:
+        if self._client is None:
+            raise MailboxError("the POP3 session is not open")
+        return self._client
+
+    # -- session -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.abort()
+        c = self.connector
+        self._client = await self._run(f"connect to {c.host}:{self._port()}", self._connect)
+
+    def _port(self) -> int:
+        return self.connector.port or (995 if self.connector.tls == "implicit" else 110)
+
+    def _connect(self) -> poplib.POP3:
+        c = self.connector
+        port = self._port()
+        if c.tls == "implicit":
+            client = _POP3_SSL(c.host, port, timeout=self.timeout, context=tls_context(c))
+        else:
+            client = _POP3(c.host, port, timeout=self.timeout)
+        try:
+            if c.tls == "starttls":
+                client.stls(tls_context(c))
+            client.user(login_name(c, self.credentials.username or ""))
+            client.pass_(self.credentials.password or "")
+        except BaseException:
+            _close(client)
+            raise
+        return client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._numbers = {}
+        if client is None:
+            return
+        try:
+            await asyncio.to_thread(client.quit)     # QUIT: the DELEs take effect now
+        except Exception as e:
+            # The DELEs of this session did not commit: the next round fetches those
+            # messages again and dedup (R-D1) absorbs them.
+            log.warning("pop3 QUIT to %s failed, deletions not committed: %s",
+                        self.connector.host, e)
+        finally:
+            _close(client)
+
+    def abort(self) -> None:
+        """Drop the connection without QUIT: no DELE of this session takes effect
+        (RFC 1939 section 6). Used after failures and by tests."""
+        client, self._client = self._client, None
+        self._numbers = {}
+        if client is not None:
+            _close(client)
+
+    # -- the poller's three calls ------------------------------------------------------
+
+    async def keys(self, folder: str) -> list[str]:
+        client = self._client_or_fail()
+        _, lines, _ = await self._run("UIDL", client.uidl)
+        numbers: dict[str, int] = {}
+        for line in lines:
+            number, _, uidl = line.decode("ascii", "replace").strip().partition(" ")
+            uidl = uidl.strip()
+            if number.isdigit() and uidl and uidl not in numbers:
+                numbers[uidl] = int(number)
+        self._numbers = numbers
+        return list(numbers)
+
+    async def fetch(self, folder: str, keys: list[str]) -> list[Fetched]:
+        client = self._client_or_fail()
+        wanted = [(key, self._numbers[key]) for key in dict.fromkeys(keys)
+                  if key in self._numbers]
+
+        def retrieve() -> list[Fetched]:
+            fetched = []
+            for key, number in wanted:
+                try:
+                    _, lines, _ = client.retr(number)
+                except poplib.error_proto:      # deleted meanwhile: left out
+                    continue
+                # poplib strips each line's CRLF and undoes dot-stuffing.
+                fetched.append(Fetched(key, b"\r\n".join(lines) + b"\r\n" if lines else b""))
+            return fetched
+
+        return await self._run("RETR", retrieve)
+
+    async def remove(self, folder: str, keys: list[str]) -> None:
+        if self.connector.keep_on_server:
+            # POP3 has no \Seen: keeping means leaving alone (R-B5); the journal's poll
+            # keys stop the next round from taking them again.
+            return
+        client = self._client_or_fail()
+        numbers = [self._numbers[key] for key in keys if key in self._numbers]
+
+        def delete() -> None:
+            for number in numbers:
+                try:
+                    client.dele(number)
+                except poplib.error_proto as e:     # already deleted: nothing to do
+                    log.debug("pop3 DELE %d: %s", number, _server_text(e))
+
+        await self._run("DELE", delete)

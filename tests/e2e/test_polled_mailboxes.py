@@ -1,0 +1,278 @@
+"""Polled mailboxes end to end: a real Dovecot, the whole gateway (R-I4, R-I5, R-B5, R-C4).
+
+Mail is put into Dovecot mailboxes the way a customer's mail lands there, the
+gateway's poller fetches it over IMAP or POP3, and the tests check what a mail
+admin would: the work items made, the folder routing, what is left on the
+server, and that nothing is removed before it is committed.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from gateway.model import Route, RouteTarget
+from gateway.protocols.mailbox import open_mailbox
+from tests.dovecot import DovecotInstance, dovecot  # noqa: F401  (the fixture)
+from tests.e2e.helpers import WIRE, mail
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def raw(message) -> bytes:
+    return message.as_bytes(policy=WIRE)
+
+
+async def polled_gateway(start_gateway, dovecot: DovecotInstance, user: str, *,
+                         name: str = "mbox", protocol: str = "imap", password: str | None = None,
+                         factory=None, **fields):
+    """A gateway with one polled connector for ``user``'s mailbox (no config seeds)."""
+    gw = await start_gateway(connectors=[])
+    if factory is not None:
+        gw.pollers.mailbox_factory = factory
+    fields.setdefault("poll_interval", 3600)    # rounds only when the test asks
+    username = fields.pop("username", user)
+    connector = dovecot.connector(user, protocol=protocol, name=name, **fields)
+    await gw.add_connector(connector, username=username,
+                           password=password if password is not None
+                           else dovecot.password(user))
+    return gw
+
+
+async def poll(gw, name: str = "mbox"):
+    status = await gw.pollers.poll(name)
+    await gw.pipeline.drain()
+    return status
+
+
+async def copies(gw, message) -> list:
+    return await gw.store.emails_by_message_id(message["Message-ID"])
+
+
+async def count(dovecot: DovecotInstance, user: str, folder: str = "INBOX") -> int:
+    return await asyncio.to_thread(dovecot.count, user, folder)
+
+
+class CommitCheckingMailbox:
+    """The real mailbox, but every ``remove`` first proves, from a separate database
+    connection, that each message being removed is already committed with its key."""
+
+    def __init__(self, inner, db_path: str, seen: list):
+        self.inner, self.db_path, self.seen = inner, db_path, seen
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def __aenter__(self):
+        await self.inner.open()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.inner.close()
+
+    async def remove(self, folder: str, keys: list[str]) -> None:
+        def committed() -> dict:
+            with sqlite3.connect(self.db_path) as db:
+                return dict(db.execute(
+                    "SELECT p.key, e.id FROM polled p JOIN emails e ON e.id = p.email_id"
+                    " WHERE p.folder = ?", (folder,)).fetchall())
+        found = await asyncio.to_thread(committed)
+        self.seen.append((folder, list(keys), [k in found for k in keys]))
+        await self.inner.remove(folder, keys)
+
+
+class CrashBeforeRemove(CommitCheckingMailbox):
+    """Dies where a kill -9 would hurt most: after the commit, before any delete."""
+
+    async def remove(self, folder: str, keys: list[str]) -> None:
+        raise ConnectionResetError("simulated crash between commit and delete")
+
+
+# -- IMAP ----------------------------------------------------------------------------------
+
+async def test_r_i4_r_i5_imap_folders_are_routed_by_folder_and_deleted_only_after_commit(
+        start_gateway, dovecot, tmp_path):
+    user = dovecot.new_user("desk")
+    checks: list = []
+    db_path = str(tmp_path / "mailgate.db")
+    gw = await polled_gateway(
+        start_gateway, dovecot, user, folders=("INBOX", "Billing"),
+        factory=lambda c, creds: CommitCheckingMailbox(open_mailbox(c, creds), db_path, checks))
+    await gw.add_route(Route(id=0, name="billing folder", connector="mbox", email_address=user,
+                             order=0, folder_path="Billing", target=RouteTarget(kind="Case")))
+    question = mail(to=(user,), subject="Where is my parcel?")
+    invoice = mail(to=(user,), subject="Invoice 42 is wrong")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(question))
+    await asyncio.to_thread(dovecot.append, user, "Billing", raw(invoice))
+
+    status = await poll(gw)
+
+    assert status.state == "ok" and status.fetched_total == 2
+    [q] = await copies(gw, question)
+    [i] = await copies(gw, invoice)
+    assert (q.source, q.folder_path, q.outcome) == ("imap", "INBOX", "created")
+    assert (i.source, i.folder_path, i.outcome) == ("imap", "Billing", "created")
+    assert q.targets[0]["ref"].endswith("-T")
+    assert i.targets[0]["ref"].endswith("-C")                            # R-R3 folder route
+    assert await gw.store.raw(q.id) == raw(question)                     # R-I7 bytes kept
+    assert await count(dovecot, user, "INBOX") == 0
+    assert await count(dovecot, user, "Billing") == 0
+    assert sorted(folder for folder, _, _ in checks) == ["Billing", "INBOX"]
+    assert all(all(flags) for _, _, flags in checks), checks            # committed first
+
+
+async def test_r_i4_crash_between_commit_and_delete_creates_no_second_work_item(
+        start_gateway, dovecot, tmp_path):
+    user = dovecot.new_user("crash")
+    db_path = str(tmp_path / "mailgate.db")
+    gw = await polled_gateway(
+        start_gateway, dovecot, user,
+        factory=lambda c, creds: CrashBeforeRemove(open_mailbox(c, creds), db_path, []))
+    messages = [mail(to=(user,), subject=f"Outage report {n}") for n in range(3)]
+    for message in messages:
+        await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+
+    status = await poll(gw)
+    assert status.state == "failing" and "simulated crash" in status.last_error
+    assert await count(dovecot, user) == 3                 # still on the server
+    await gw.stop()
+
+    restarted = await start_gateway(connectors=[])           # same database, real mailbox
+    await restarted.pollers.poll("mbox")
+    await restarted.pipeline.drain()
+
+    assert await count(dovecot, user) == 0
+    refs = []
+    for message in messages:
+        [copy] = await copies(restarted, message)           # journaled once, not twice
+        assert copy.outcome == "created"
+        refs.extend(t["ref"] for t in copy.targets)
+    assert len(set(refs)) == 3
+    items = await restarted.store.read(
+        lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
+    assert items[0][0] == 3
+
+
+async def test_r_i4_shared_mailbox_is_polled_through_a_master_login(start_gateway, dovecot):
+    owner = dovecot.new_user("shared")
+    gw = await polled_gateway(start_gateway, dovecot, owner, username=dovecot.master_user,
+                              password=dovecot.master_password, shared_mailbox=owner)
+    message = mail(to=(owner,), subject="For the team mailbox")
+    await asyncio.to_thread(dovecot.append, owner, "INBOX", raw(message))
+
+    status = await poll(gw)
+
+    assert status.state == "ok", status.last_error
+    [copy] = await copies(gw, message)
+    assert copy.outcome == "created" and copy.connector == "mbox"
+    assert await count(dovecot, owner) == 0
+
+
+async def test_r_c4_a_server_certificate_from_another_ca_is_refused_and_nothing_is_touched(
+        start_gateway, dovecot):
+    user = dovecot.new_user("tls")
+    gw = await polled_gateway(start_gateway, dovecot, user, ca_file=dovecot.stranger_ca_file)
+    message = mail(to=(user,), subject="Must stay put")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+
+    status = await gw.pollers.poll("mbox")
+
+    assert status.state == "failing"
+    assert "certificate verify failed" in status.last_error.lower()
+    assert await copies(gw, message) == []
+    assert await count(dovecot, user) == 1
+    events = [e for e in await gw.store.events(0, 100) if e["type"] == "connector.poll_failed"]
+    assert len(events) == 1 and events[0]["data"]["connector"] == "mbox"
+
+
+async def test_r_i4_a_wrong_password_fails_the_poller_with_the_servers_words_and_it_recovers(
+        start_gateway, dovecot):
+    user = dovecot.new_user("pw")
+    gw = await polled_gateway(start_gateway, dovecot, user, password="not-the-password")
+    status = await gw.pollers.poll("mbox")
+    assert status.state == "failing"
+    assert "AUTHENTICATIONFAILED" in status.last_error or "Authentication failed" in \
+        status.last_error
+    metrics = gw.metrics.exposition().decode()
+    assert 'mailgate_poller_up{connector="mbox",protocol="imap"} 0.0' in metrics
+
+    await gw.directory_ops.update_connector("mbox", {"password": dovecot.password(user)},
+                                            "admin")
+    message = mail(to=(user,), subject="After the fix")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+    status = await poll(gw)
+    assert status.state == "ok"
+    [copy] = await copies(gw, message)
+    assert copy.outcome == "created"
+    types = [e["type"] for e in await gw.store.events(0, 100)]
+    assert types.count("connector.poll_failed") == 1 and "connector.poll_recovered" in types
+
+
+async def test_r_b5_start_from_now_leaves_old_mail_and_keep_on_server_marks_it_seen(
+        start_gateway, dovecot):
+    user = dovecot.new_user("onboard")
+    old = mail(to=(user,), subject="From last year")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(old))
+    gw = await polled_gateway(start_gateway, dovecot, user, start_from="now",
+                              keep_on_server=True)
+    await poll(gw)                                   # the first round only sets the watermark
+    new = mail(to=(user,), subject="Fresh question")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(new))
+
+    await poll(gw)
+    await poll(gw)                                   # a second look changes nothing
+
+    assert await copies(gw, old) == []
+    [copy] = await copies(gw, new)
+    assert copy.outcome == "created"
+    stored = await asyncio.to_thread(dovecot.messages, user)
+    assert len(stored) == 2                          # keep_on_server: nothing deleted
+    flags = {s.raw: s.flags for s in stored}
+    assert "\\Seen" in flags[raw(new)] and "\\Seen" not in flags[raw(old)]
+
+
+# -- POP3 ----------------------------------------------------------------------------------
+
+async def test_r_i4_pop3_mail_is_processed_and_deleted_at_quit(start_gateway, dovecot):
+    user = dovecot.new_user("pop")
+    gw = await polled_gateway(start_gateway, dovecot, user, protocol="pop3")
+    messages = [mail(to=(user,), subject=f"POP question {n}") for n in range(3)]
+    for message in messages:
+        await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+
+    status = await poll(gw)
+
+    assert status.state == "ok" and status.fetched_total == 3
+    for message in messages:
+        [copy] = await copies(gw, message)
+        assert (copy.source, copy.outcome) == ("pop3", "created")
+        assert await gw.store.raw(copy.id) == raw(message)
+    assert await count(dovecot, user) == 0
+
+
+async def test_r_i4_pop3_session_dropped_before_quit_refetches_and_dedup_absorbs_it(
+        start_gateway, dovecot, tmp_path):
+    """DELE only takes effect at QUIT: a crash after the commit leaves the mail on the
+    server, the next round fetches it again (a UIDL may be reused), and R-D1 ends the
+    second copy as a duplicate: one work item."""
+    user = dovecot.new_user("popcrash")
+    db_path = str(tmp_path / "mailgate.db")
+    gw = await polled_gateway(
+        start_gateway, dovecot, user, protocol="pop3",
+        factory=lambda c, creds: CrashBeforeRemove(open_mailbox(c, creds), db_path, []))
+    message = mail(to=(user,), subject="Dropped at QUIT")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+    assert (await gw.pollers.poll("mbox")).state == "failing"
+    await gw.stop()
+
+    restarted = await start_gateway(connectors=[])
+    await poll(restarted)
+
+    assert await count(dovecot, user) == 0
+    outcomes = sorted(c.outcome for c in await copies(restarted, message))
+    assert outcomes[0] == "created" and set(outcomes[1:]) == {"duplicate"}, outcomes
+    assert len(outcomes) >= 2                        # it was fetched again, and absorbed
+    items = await restarted.store.read(
+        lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
+    assert items[0][0] == 1
