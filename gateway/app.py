@@ -168,18 +168,16 @@ class Gateway:
         and a restart must not bring back what they removed)."""
         if await self.store.connectors():
             return
-        seeds = [Connector(name=c.name, service=c.service, primary_address=c.primary_address,
-                           aliases=tuple(c.aliases), enabled=c.enabled, direction=c.direction,
-                           smtp_host=c.smtp_host, smtp_port=c.smtp_port, smtp_tls=c.smtp_tls)
-                 for c in self.settings.directory.connectors]
+        seeds = [seed.entry() for seed in self.settings.directory.connectors]
         demo = not seeds and self.settings.source == "<embedded default>"
         if demo:
-            seeds = [DEMO_CONNECTOR]
-        for connector in seeds:
+            seeds = [(DEMO_CONNECTOR, None, None, {})]
+        for connector, username, password, secrets in seeds:
             own_fallback = any(r.fallback and r.connector == connector.name
                                for r in self.settings.directory.routes)
             await self.ops.add_connector(connector, send_automated_emails=demo,
-                                         with_fallback=not own_fallback)
+                                         with_fallback=not own_fallback, username=username,
+                                         password=password, secrets=secrets)
             log.info("directory: created connector %r <%s> from %s", connector.name,
                      connector.primary_address, self.settings.source)
             for seed in self.settings.directory.routes:

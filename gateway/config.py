@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import presets
+from gateway.directory_file import (POLL_CHECKS, connector_problems, credential_problems,
+                                    implied_protocol, with_preset)
+from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector
+
 
 class ConfigError(Exception):
     """One or more problems, each already formatted as ``file:line: message``."""
@@ -134,9 +139,15 @@ class MetricsSection:
 
 @dataclass(frozen=True)
 class BootstrapConnector:
-    """A connector the config file seeds into an empty-of-it directory."""
+    """A connector the config file seeds into an empty-of-it directory (R-C1).
+
+    The keys are the API's. A polled service's preset fills protocol, host, port and
+    TLS; ``other`` gives them. Credentials may sit here or, better, in a file named
+    by the ``*_file`` twin (``password_file = "/run/secrets/imap"``): the
+    environment overrides do not reach ``[[table]]`` arrays."""
     name: str = ""
     service: str = "lmtp"
+    protocol: str = ""                   # only for service "other": the others imply it
     primary_address: str = ""
     aliases: tuple[str, ...] = ()
     enabled: bool = True
@@ -144,6 +155,48 @@ class BootstrapConnector:
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_tls: str = "starttls"
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    client_secret: str = ""
+    client_secret_file: str = ""
+    certificate_password: str = ""
+    certificate_password_file: str = ""
+    # R-C1 poll settings (see gateway.model.POLL_FIELDS); defaults as Connector's
+    host: str = ""
+    port: int = 0
+    tls: str = "implicit"
+    folders: tuple[str, ...] = ("INBOX",)
+    poll_interval: int = 60
+    shared_mailbox: str = ""
+    tenant_id: str = ""
+    application_id: str = ""
+    certificate_file: str = ""
+    certificate_thumbprint: str = ""
+    authority_host: str = "https://login.microsoftonline.com"
+    graph_base_url: str = "https://graph.microsoft.com/v1.0"
+    ca_file: str = ""
+    tls_verify: bool = True
+    keep_on_server: bool = False
+    start_from: str = "all"
+
+    def given(self) -> tuple[str, ...]:
+        """The poll settings this seed sets (those differing from the defaults)."""
+        blank = BootstrapConnector()
+        return tuple(k for k in POLL_FIELDS if getattr(self, k) != getattr(blank, k))
+
+    def entry(self) -> tuple[Connector, str | None, str | None, dict]:
+        """(connector with its service's preset applied, username, password, secrets):
+        what ``Operations.add_connector`` stores for this seed."""
+        protocol, _ = implied_protocol(self.service, self.protocol)
+        connector = with_preset(Connector(
+            name=self.name, service=self.service, protocol=protocol,
+            primary_address=self.primary_address, aliases=tuple(self.aliases),
+            enabled=self.enabled, direction=self.direction, smtp_host=self.smtp_host,
+            smtp_port=self.smtp_port, smtp_tls=self.smtp_tls,
+            **{k: getattr(self, k) for k in POLL_FIELDS}), self.given())
+        secrets = {k: getattr(self, k) for k in SECRET_FIELDS if getattr(self, k)}
+        return connector, self.username or None, self.password or None, secrets
 
 
 @dataclass(frozen=True)
@@ -215,13 +268,15 @@ CHOICES = {
     ("gateway", "event_loop"): ("auto", "asyncio", "uvloop"),
     ("matching", "mode"): ("off", "mixed", "plus_only"),
     ("outbound.default_gateway", "tls"): ("none", "starttls", "implicit"),
-    ("directory.connectors", "service"): ("lmtp",),
+    ("directory.connectors", "service"): presets.SERVICES,
+    ("directory.connectors", "protocol"): ("", *presets.PROTOCOLS),
     ("directory.routes", "kind"): ("Ticket", "Case"),
     ("directory.connectors", "direction"): ("incoming", "outgoing", "both"),
     ("directory.connectors", "smtp_tls"): ("none", "starttls", "implicit"),
 }
 SECRET_FILES = {"admin_token_file": "admin_token", "auth_password_file": "auth_password",
-                "password_file": "password"}
+                "password_file": "password", "client_secret_file": "client_secret",
+                "certificate_password_file": "certificate_password"}
 LISTEN_KEYS = {("lmtp", "listen"), ("smtp", "listen"), ("http", "listen")}
 POSITIVE_KEYS = {"ack_budget_per_day", "retry_initial", "retry_max", "max_lifetime", "max_message_size", "max_recipients", "max_line_length", "max_header_count",
                  "commit_batch_max", "window_days", "timeout", "drain_timeout"}
@@ -240,24 +295,42 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 class _LineIndex:
-    """Finds the line of a ``[section]`` key in the TOML text, for error messages."""
+    """Finds the line of a ``[section]`` key in the TOML text, for error messages; in a
+    ``[[section]]`` array, of the key of the index-th element (the second connector's
+    mistake is on the second connector's line)."""
 
     def __init__(self, text: str):
         self.lines: dict[tuple[str, str], int] = {}
         self.tables: dict[str, int] = {}
-        section = ""
+        self.elements: dict[tuple[str, int, str | None], int] = {}
+        counts: dict[str, int] = {}
+        section, element = "", None
         for number, line in enumerate(text.splitlines(), start=1):
             stripped = line.strip()
-            header = re.match(r"^\[\[?\s*([^\]]+?)\s*\]\]?", stripped)
+            header = re.match(r"^(\[\[?)\s*([^\]]+?)\s*\]\]?", stripped)
             if header:
-                section = header.group(1).replace(" ", "").replace('"', "")
+                section = header.group(2).replace(" ", "").replace('"', "")
                 self.tables.setdefault(section, number)
+                element = None
+                if header.group(1) == "[[":
+                    element = counts.get(section, 0)
+                    counts[section] = element + 1
+                    self.elements[(section, element, None)] = number
                 continue
             key = re.match(r"^([A-Za-z0-9_\-\"\.]+)\s*=", stripped)
             if key:
                 self.lines.setdefault((section, key.group(1).strip('"')), number)
+                if element is not None:
+                    self.elements.setdefault((section, element, key.group(1).strip('"')),
+                                             number)
 
-    def line(self, section: str, key: str | None = None) -> int | None:
+    def line(self, section: str, key: str | None = None, index: int | None = None
+             ) -> int | None:
+        if index is not None:
+            found = self.elements.get((section, index, key)) or \
+                self.elements.get((section, index, None))
+            if found:
+                return found
         if key is not None and (section, key) in self.lines:
             return self.lines[(section, key)]
         if key is not None and f"{section}.{key}".lstrip(".") in self.tables:
@@ -308,20 +381,24 @@ class _Loader:
         self.index = _LineIndex(text)
         self.problems: list[str] = []
 
-    def problem(self, section: str, key: str | None, message: str) -> None:
-        line = self.index.line(section, key)
+    def problem(self, section: str, key: str | None, message: str,
+                index: int | None = None) -> None:
+        line = self.index.line(section, key, index)
         where = f"{self.source}:{line}" if line else self.source
         self.problems.append(f"{where}: {message}")
 
-    def build(self, cls: type, data: dict, section: str) -> Any:
-        """Build dataclass ``cls`` from ``data``, collecting problems as it goes."""
+    def build(self, cls: type, data: dict, section: str, index: int | None = None) -> Any:
+        """Build dataclass ``cls`` from ``data`` (the ``index``-th of a ``[[section]]``
+        array when given), collecting problems as it goes."""
         defaults = cls()
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for key, value in data.items():
             name = f"[{section}] {key}" if section else f"section [{key}]"
             if key not in fields or key == "source":
-                self.problem(section, key, f"unknown {'key ' if section else ''}{name}: {_suggest(key, [f for f in fields if f != 'source'])}")
+                known = [f for f in fields if f != "source"]
+                self.problem(section, key, f"unknown {'key ' if section else ''}{name}: "
+                             f"{_suggest(key, known)}", index)
                 continue
             default = getattr(defaults, key)
             if dataclasses.is_dataclass(default):
@@ -335,26 +412,27 @@ class _Loader:
                 if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                     self.problem(section, key, f"{name} must be written as [[{section}.{key}]] tables")
                     continue
-                values[key] = tuple(self.build(element, v, f"{section}.{key}") for v in value)
+                values[key] = tuple(self.build(element, v, f"{section}.{key}", i)
+                                    for i, v in enumerate(value))
                 continue
             try:
                 values[key] = _coerce(value, default)
             except TypeError as hint:
                 self.problem(section, key, f"{name} = {value!r} is not valid: write {hint}"
-                             f" (default: {default!r})")
+                             f" (default: {default!r})", index)
                 continue
-            self.check_value(section, key, values[key])
+            self.check_value(section, key, values[key], index)
         try:
             return cls(**values)
         except TypeError as exc:  # pragma: no cover - defensive
             self.problem(section, None, str(exc))
             return defaults
 
-    def check_value(self, section: str, key: str, value: Any) -> None:
+    def check_value(self, section: str, key: str, value: Any, index: int | None = None) -> None:
         choices = CHOICES.get((section, key))
         if choices and value not in choices:
             self.problem(section, key, f"[{section}] {key} = {value!r}: use one of "
-                         f"{', '.join(repr(c) for c in choices)}")
+                         f"{', '.join(repr(c) for c in choices)}", index)
         if (section, key) in LISTEN_KEYS:
             try:
                 parse_listen(value)
@@ -427,17 +505,25 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
-def _read_secret_files(data: dict, loader: _Loader, section: str = "") -> None:
-    """``admin_token_file = "/run/secrets/x"`` fills ``admin_token`` from that file."""
+def _read_secret_files(data: dict, loader: _Loader, section: str = "",
+                       index: int | None = None) -> None:
+    """``admin_token_file = "/run/secrets/x"`` fills ``admin_token`` from that file; in
+    ``[[directory.connectors]]`` tables too (each connector's own password file)."""
     for key, value in list(data.items()):
+        inner = f"{section}.{key}" if section else key
         if isinstance(value, dict):
-            _read_secret_files(value, loader, f"{section}.{key}" if section else key)
+            _read_secret_files(value, loader, inner)
+        elif isinstance(value, list) and key in TABLE_ARRAYS:
+            for i, element in enumerate(value):
+                if isinstance(element, dict):
+                    _read_secret_files(element, loader, inner, i)
         elif key in SECRET_FILES and isinstance(value, str) and value:
             try:
                 data[SECRET_FILES[key]] = Path(value).read_text().strip()
             except OSError as exc:
-                loader.problem(section, key, f"[{section}] {key}: cannot read {value}: "
-                               f"{exc.strerror}; fix the path or its permissions")
+                where = f"[[{section}]]" if index is not None else f"[{section}]"
+                loader.problem(section, key, f"{where} {key}: cannot read {value}: "
+                               f"{exc.strerror}; fix the path or its permissions", index)
 
 
 def load(path: str | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -519,19 +605,58 @@ def _check_cross_field(settings: Settings, loader: _Loader) -> None:
                            "[[directory.routes]] needs email_address (an address of its "
                            "connector, or \"*\")")
     seen: set[str] = set()
-    for connector in settings.directory.connectors:
+    for index, connector in enumerate(settings.directory.connectors):
+        def problem(key: str | None, message: str, index: int = index) -> None:
+            loader.problem("directory.connectors", key, message, index)
         if not connector.name or not connector.primary_address:
-            loader.problem("directory.connectors", None,
-                           "[[directory.connectors]] needs name and primary_address")
+            problem(None, "[[directory.connectors]] needs name and primary_address")
         if connector.name in seen:
-            loader.problem("directory.connectors", "name",
-                           f"[[directory.connectors]] name {connector.name!r} appears twice")
+            problem("name", f"[[directory.connectors]] name {connector.name!r} appears twice")
         seen.add(connector.name)
         for address in (connector.primary_address, *connector.aliases):
             if address and not re.fullmatch(r"[^@\s]+@[^@\s]+", address):
-                loader.problem("directory.connectors", "primary_address",
-                               f"[[directory.connectors]] {address!r} is not an address "
-                               "like support@example.com")
+                problem("primary_address", f"[[directory.connectors]] {address!r} is not an "
+                        "address like support@example.com")
+        _check_seed(connector, problem)
     if settings.sqlite_path == "":
         loader.problem("storage", "url", "[storage] url names no file: "
                        "sqlite:///./mailgate.db")
+
+
+MAX_PASSWORD = 50            # R-C1
+# What to write for each thing a seed lacks (the "fix" of a problem)
+_FIXES = {
+    "protocol": 'write protocol = "imap" (or "pop3", "graph", "lmtp")',
+    "host": 'write host = "imap.example.com"',
+    "tenant_id": 'write tenant_id = "contoso.onmicrosoft.com" (or the tenant\'s GUID)',
+    "application_id": 'write application_id = "<the app registration\'s GUID>"',
+    "username": 'write username = "support@example.com"',
+    "password": 'write password_file = "/run/secrets/mailbox" (or password)',
+    "client_secret": 'write client_secret_file = "/run/secrets/graph" (or client_secret)',
+    "certificate_thumbprint": 'write certificate_thumbprint = "<40 hex digits>"',
+}
+
+
+def _check_seed(seed: BootstrapConnector, problem) -> None:
+    """R-C1 / R-I6 / R-I5 / R-B5 for a seeded connector: the same rules as the API, so a
+    seed the API would refuse never reaches the directory."""
+    name = f"[[directory.connectors]] {seed.name!r}"
+    given = seed.given()
+    bad = [key for key in given if not POLL_CHECKS[key][0](getattr(seed, key))]
+    for key in bad:
+        problem(key, f"{name}: {key} must be {POLL_CHECKS[key][1]}")
+    if len(seed.password) > MAX_PASSWORD:
+        problem("password", f"{name}: R-C1: password is at most {MAX_PASSWORD} characters "
+                f"(got {len(seed.password)})")
+    _, clash = implied_protocol(seed.service, seed.protocol)
+    if clash is not None:
+        problem("protocol", f"{name}: {clash[1]}")
+    if seed.service not in presets.SERVICES or clash is not None:
+        return
+    connector, username, password, secrets = seed.entry()
+    for key, message in (connector_problems(connector, given)
+                         + credential_problems(connector, username, password, secrets)):
+        if key in bad:
+            continue                    # already said, in its own words
+        fix = _FIXES.get(key) if key not in given else None    # a missing value's fix
+        problem(key, f"{name}: {message}" + (f"; {fix}" if fix else ""))

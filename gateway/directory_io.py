@@ -12,7 +12,7 @@ import dataclasses
 from itertools import groupby
 
 from gateway import activity, route_bands
-from gateway.directory_file import check_directory, render
+from gateway.directory_file import DirectoryFile, check_directory, line_of, render
 from gateway.directory_ops import ConnectorEntry, route_snapshot
 from gateway.model import Route
 from storage import directory_sql
@@ -43,25 +43,29 @@ async def import_directory(store, text: str, source: str, actor: str = "import")
     """Check ``text``; with no problem, make the stored directory exactly the file.
 
     Connectors, routes and contacts not in the file are deleted (work items and
-    mail stay); a kept connector keeps its credentials; a stored route with the
-    same connector and name keeps its id. Orders become 1..N per connector.
+    mail stay); a kept connector keeps its credentials and secrets; a stored route
+    with the same connector and name keeps its id. Orders become 1..N per connector.
     Returns the problems (empty: applied). The caller reloads a running snapshot.
     """
     wanted, problems = check_directory(text, source)
     if problems:
         return problems
 
-    async def apply(db) -> None:
+    async def apply(db) -> list[str]:
         txn = Txn(db)
         now = txn.now       # one time for every history line of this import
         before = {e[0].name: ConnectorEntry(*e) for e in await directory_sql.connectors(db)}
+        refused = await _failed_tests_enabled(db, wanted, before, text, source)
+        if refused:
+            return refused  # nothing written yet: the transaction commits nothing
         old_routes = await txn.routes()
         old_order = _positions(old_routes)
         for connector in wanted.connectors:
             old = before.get(connector.name)
-            new = ConnectorEntry(connector, *(old and (old.username, old.password) or ()))
+            new = (ConnectorEntry(connector, old.username, old.password, old.secrets) if old
+                   else ConnectorEntry(connector))
             await directory_sql.save_connector(db, connector, new.username, new.password, now,
-                                               create=old is None)
+                                               create=old is None, secrets=new.secrets)
             await activity.record(db, f"connector:{connector.name}", actor, now,
                                   old and old.snapshot(), new.snapshot())
         unclaimed: dict[tuple[str, str], list[Route]] = {}
@@ -88,5 +92,25 @@ async def import_directory(store, text: str, source: str, actor: str = "import")
             await directory_sql.delete_contact(db, contact_id)
         for pattern, company in wanted.contacts:
             await directory_sql.save_contact(db, pattern, company)
-    await store.write(apply)
-    return []
+        return []
+    return await store.write(apply)
+
+
+async def _failed_tests_enabled(db, wanted: DirectoryFile, before: dict[str, ConnectorEntry],
+                                text: str, source: str) -> list[str]:
+    """R-C3 holds for an import too: a file cannot switch on an incoming polled connector
+    whose last test failed. There is no force here; the API has it."""
+    problems = []
+    for index, connector in enumerate(wanted.connectors):   # a clean file: file order
+        old = before.get(connector.name)
+        if (old is None or old.connector.enabled or not connector.enabled
+                or not connector.polled or connector.direction == "outgoing"):
+            continue
+        last = await directory_sql.last_test(db, connector.name)
+        if last is not None and not last[0]:
+            line = line_of(text, "connectors", index, "enabled")
+            problems.append(f"{source}:{line}: connector {connector.name!r}: R-C3: its last "
+                            f"test failed ({last[1][:200]}); keep enabled = false here, then "
+                            "test it and enable it through the API (PATCH with \"force\": "
+                            "true to enable it anyway)")
+    return problems

@@ -65,12 +65,12 @@ def problems(connector: Connector) -> list[tuple[str, str]]:
         found.append(("protocol", "R-C1: service 'other' needs protocol imap, pop3, graph "
                       "or lmtp"))
     if c.protocol in ("imap", "pop3") and not c.host:
-        found.append(("host", f"R-C1: a {c.protocol} connector needs host (service 'other' "
-                      "has no preset)"))
+        found.append(("host", f"R-C1: {c.protocol.upper()} connectors need a host (service "
+                      "'other' has no preset)"))
     if c.protocol == "graph":
         for name in ("tenant_id", "application_id"):
             if not getattr(c, name):
-                found.append((name, f"R-I6: a graph connector needs {name}"))
+                found.append((name, f"R-I6: Graph connectors need {name}"))
     if c.tls not in TLS_MODES:
         found.append(("tls", "R-C1: tls is one of implicit, starttls, none"))
     if c.start_from not in ("all", "now"):

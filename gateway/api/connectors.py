@@ -1,27 +1,38 @@
-"""``/api/v1/connectors``: the mailboxes the gateway serves (R-C1..R-C3, R-C5).
+"""``/api/v1/connectors``: the mailboxes the gateway serves (R-C1..R-C5, R-I6, R-B5).
 
-Only push (``lmtp``) connectors exist so far; polled services come with their
-own issue. The password is stored (a mailbox login needs it back) but never
-leaves through the API: a connector answers ``password_set`` instead, and the
-history records a changed password as ``***`` (R-C5). Every change rebuilds the
-RCPT snapshot at once, so a new address receives mail from the next RCPT.
+A connector names its ``service``; the service's preset (``gateway.presets``) fills
+the protocol, host, port and TLS the admin left out, and ``other`` must give them.
+Pushed (``lmtp``) connectors have no poll settings; polled ones (IMAP, POP3, Graph)
+show theirs. The password and the Graph secrets are stored (a login needs them back)
+but never leave through the API: a connector answers ``password_set``,
+``client_secret_set`` and ``certificate_password_set`` instead, and the history
+records a changed secret as ``***`` (R-C5). Every change rebuilds the RCPT snapshot
+at once, so a new address receives mail from the next RCPT.
+
+R-C3: ``POST …/test`` logs in for real and keeps the result; enabling an incoming
+polled connector whose last test failed needs ``"force": true`` in the PATCH body.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from aiohttp import web
 
+from gateway import connector_test, presets
 from gateway.api.body import (ADDRESS, BOOL, Check, actor, directory_errors, json_object,
                               optional, shape_error, text)
 from gateway.api.errors import api_error
+from gateway.directory_file import (MAX_SECRET, POLL_CHECKS, connector_problems,
+                                    credential_problems, implied_protocol, with_preset)
 from gateway.directory_ops import ConnectorEntry, DirectoryOps
-from gateway.model import Connector
+from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector
 
 MAX_PASSWORD = 50           # R-C1
 MAX_ALIASES = 100
-SERVICES = ("lmtp",)        # the polled services of R-C1 come with R-C3's issue
+SERVICES = presets.SERVICES
 DIRECTIONS = ("incoming", "outgoing", "both")
+CREDENTIALS = ("username", "password")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -32,8 +43,10 @@ def _address(value: object) -> bool:
 SPEC: dict[str, Check] = {
     "name": (lambda v: isinstance(v, str) and bool(_NAME.fullmatch(v)),
              "letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)"),
-    "service": (lambda v: v in SERVICES, f"one of {', '.join(SERVICES)} in this release"),
-    "protocol": (lambda v: v == "lmtp", "'lmtp' (implied by the service)"),
+    "service": (lambda v: v in SERVICES, f"one of {', '.join(SERVICES)}"),
+    "protocol": (lambda v: v in presets.PROTOCOLS,
+                 f"one of {', '.join(presets.PROTOCOLS)} (implied by every service but "
+                 "'other')"),
     "direction": (lambda v: v in DIRECTIONS, f"one of {', '.join(DIRECTIONS)}"),
     "primary_address": (_address, "an address like support@example.com (no plus tag)"),
     "aliases": (lambda v: isinstance(v, list) and len(v) <= MAX_ALIASES
@@ -45,26 +58,52 @@ SPEC: dict[str, Check] = {
                   "a host name for outgoing mail, or \"\" for the system default gateway"),
     "smtp_port": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535,
                   "a port from 1 to 65535"),
-    "smtp_tls": (lambda v: v in ("none", "starttls", "implicit"),
-                 "one of none, starttls, implicit"),
+    "smtp_tls": (lambda v: v in presets.TLS_MODES, f"one of {', '.join(presets.TLS_MODES)}"),
     "username": (optional(text(254)), "a string or null"),
     "password": (optional(text(10_000)), "a string or null"),
+    **POLL_CHECKS,
+    **{name: (optional(text(MAX_SECRET)), f"a string of at most {MAX_SECRET} characters, or "
+              "null (R-I6)") for name in SECRET_FIELDS},
 }
+# PATCH only: R-C3 "unless forced"
+PATCH_SPEC: dict[str, Check] = {**SPEC, "force": (BOOL[0], "true or false (R-C3: enable even "
+                                                  "though the last test failed)")}
 
 
 def connector_json(entry: ConnectorEntry) -> dict:
-    """R-C1 fields under their API names; ``password_set`` in place of the password."""
+    """R-C1 fields under their API names; ``*_set`` flags in place of the secrets. A pushed
+    connector answers exactly the fields it always did; a polled one adds its poll
+    settings and what an admin should know about them (``warnings``)."""
     c = entry.connector
-    return {"name": c.name, "service": c.service, "direction": c.direction,
-            "protocol": c.protocol, "primary_address": c.primary_address,
-            "aliases": list(c.aliases), "enabled": c.enabled,
-            "route_on_envelope": c.route_on_envelope, "smtp_host": c.smtp_host,
-            "smtp_port": c.smtp_port, "smtp_tls": c.smtp_tls, "username": entry.username,
-            "password_set": bool(entry.password)}
+    answer = {"name": c.name, "service": c.service, "direction": c.direction,
+              "protocol": c.protocol, "primary_address": c.primary_address,
+              "aliases": list(c.aliases), "enabled": c.enabled,
+              "route_on_envelope": c.route_on_envelope, "smtp_host": c.smtp_host,
+              "smtp_port": c.smtp_port, "smtp_tls": c.smtp_tls, "username": entry.username,
+              "password_set": bool(entry.password)}
+    if c.polled:
+        answer.update({name: getattr(c, name) for name in POLL_FIELDS})
+        answer["folders"] = list(c.folders)
+        answer.update({f"{name}_set": bool(entry.secret(name)) for name in SECRET_FIELDS})
+        answer["warnings"] = warnings(c)
+    return answer
 
 
-def _invalid(body: dict, required: tuple[str, ...] = ()) -> web.Response | None:
-    problem = shape_error(body, "R-C1", SPEC, required)
+def warnings(c: Connector) -> list[str]:
+    """Accepted but risky settings, said where the admin looks (the gateway also logs
+    R-C4's at every start)."""
+    found = []
+    if not c.tls_verify:
+        found.append("R-C4: tls_verify is false: the server's certificate is not checked, so "
+                     "anyone on the path can pose as it and read the login")
+    if c.tls == "none" and c.protocol in ("imap", "pop3"):
+        found.append("tls is 'none': the login and the mail travel unencrypted")
+    return found
+
+
+def _invalid(body: dict, spec: dict[str, Check], required: tuple[str, ...] = ()
+             ) -> web.Response | None:
+    problem = shape_error(body, "R-C1", spec, required)
     if problem is not None:
         return problem
     password = body.get("password")
@@ -75,8 +114,45 @@ def _invalid(body: dict, required: tuple[str, ...] = ()) -> web.Response | None:
 
 
 def _credentials(body: dict) -> dict:
-    """An empty string clears a credential like null does."""
-    return {k: body[k] or None for k in ("username", "password") if k in body}
+    """An empty string clears a credential or a secret like null does."""
+    return {k: body[k] or None for k in (*CREDENTIALS, *SECRET_FIELDS) if k in body}
+
+
+def _settings(body: dict) -> dict:
+    """The connector fields of a body (not its credentials, not the protocol, which
+    ``implied_protocol`` decides), lists as tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in body.items()
+            if k not in CREDENTIALS and k not in SECRET_FIELDS and k != "protocol"}
+
+
+def _refill(old: Connector, new: Connector, given: set[str]) -> Connector:
+    """Values the old preset filled follow a change: the hosts follow the service
+    (gmail_imap → o365_imap moves them too), the port follows the protocol and tls.
+    Values the admin gave stay."""
+    preset = presets.apply(Connector(name=old.name, service=old.service, primary_address="",
+                                     direction=old.direction, tls=old.tls))
+    reset: dict = {}
+    for name in ("host", "smtp_host"):
+        if new.service != old.service and name not in given and getattr(old, name) \
+                and getattr(old, name) == getattr(preset, name):
+            reset[name] = ""
+    if "port" not in given and old.port == presets.default_port(old.protocol, old.tls):
+        reset["port"] = 0
+    return dataclasses.replace(new, **reset)
+
+
+def _rule_problem(entry: ConnectorEntry, given: set[str]) -> web.Response | None:
+    """The first R-C1 / R-I6 / R-B5 problem of the connector as it would be stored."""
+    c = entry.connector
+    found = connector_problems(c, given)
+    found += credential_problems(c, entry.username, entry.password, entry.secrets)
+    if c.protocol != "graph":
+        found += [(name, f"R-I6: {name} is for graph connectors only")
+                  for name in SECRET_FIELDS if entry.secret(name) and name in given]
+    if not found:
+        return None
+    field, message = found[0]
+    return api_error(422, "rule_violation", message, field)
 
 
 def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
@@ -94,22 +170,27 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
 
     @directory_errors
     async def create(request: web.Request) -> web.Response:
+        """R-C1: the service's preset fills what the body leaves out."""
         body, who = await json_object(request), actor(request)
         for answer in (body, who):
             if isinstance(answer, web.Response):
                 return answer
-        problem = _invalid(body, ("name", "primary_address"))
+        problem = _invalid(body, SPEC, ("name", "primary_address"))
         if problem is not None:
             return problem
-        connector = Connector(
-            name=body["name"], service=body.get("service", "lmtp"),
-            primary_address=body["primary_address"], aliases=tuple(body.get("aliases", [])),
-            enabled=body.get("enabled", True), direction=body.get("direction", "incoming"),
-            route_on_envelope=body.get("route_on_envelope", False),
-            smtp_host=body.get("smtp_host", ""), smtp_port=body.get("smtp_port", 587),
-            smtp_tls=body.get("smtp_tls", "starttls"))
-        entry = await directory(request).create_connector(
-            ConnectorEntry(connector, **_credentials(body)), who)
+        service = body.get("service", "lmtp")
+        protocol, clash = implied_protocol(service, body.get("protocol"))
+        if clash is not None:
+            return api_error(422, "rule_violation", clash[1], clash[0])
+        settings = {**_settings(body), "service": service, "protocol": protocol}
+        given = _credentials(body)
+        entry = ConnectorEntry(with_preset(Connector(**settings), body),
+                               given.get("username"), given.get("password"),
+                               {k: v for k, v in given.items() if k in SECRET_FIELDS and v})
+        problem = _rule_problem(entry, set(body))
+        if problem is not None:
+            return problem
+        entry = await directory(request).create_connector(entry, who)
         return web.json_response(connector_json(entry), status=201)
 
     async def one(request: web.Request) -> web.Response:
@@ -119,22 +200,31 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
 
     @directory_errors
     async def update(request: web.Request) -> web.Response:
-        """Only the fields given change. The name is the connector's key: fixed."""
+        """Only the fields given change (a new service's preset refills what the old one
+        filled). The name is the connector's key: fixed. ``force`` is R-C3's."""
         name = request.match_info["name"]
         body, who = await json_object(request), actor(request)
         for answer in (body, who):
             if isinstance(answer, web.Response):
                 return answer
-        problem = _invalid(body)
+        problem = _invalid(body, PATCH_SPEC)
         if problem is not None:
             return problem
         if body.pop("name", name) != name:
             return api_error(422, "rule_violation", "R-C1: a connector's name is fixed; "
                              "create a new connector instead", "name")
-        body.pop("protocol", None)
-        fields = {k: v for k, v in body.items() if k not in ("username", "password")}
+        force = body.pop("force", False)
+        old = await found(request)
+        if isinstance(old, web.Response):
+            return old
+        new, problem = _updated(old, body)
+        if problem is not None:
+            return problem
+        changed = {f.name: getattr(new.connector, f.name)
+                   for f in dataclasses.fields(Connector) if f.name != "name"
+                   and getattr(new.connector, f.name) != getattr(old.connector, f.name)}
         entry = await directory(request).update_connector(
-            name, {**fields, **_credentials(body)}, who)
+            name, {**changed, **_credentials(body)}, who, force=force)
         return web.json_response(connector_json(entry))
 
     @directory_errors
@@ -146,15 +236,13 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         return web.Response(status=204)
 
     async def test(request: web.Request) -> web.Response:
-        """R-C3. A push connector has no server to log in to: its test always passes."""
+        """R-C3. The answer is 200 whenever the test RAN: ``ok`` false with the server's
+        own words in ``detail`` is the mailbox failing, not the request."""
         entry = await found(request)
         if isinstance(entry, web.Response):
             return entry
-        if entry.connector.protocol == "lmtp":
-            return web.json_response({"ok": True,
-                                      "detail": "lmtp: mail is pushed; nothing to connect to"})
-        return api_error(422, "rule_violation", f"R-C3: testing {entry.connector.service!r} "
-                         "connectors is not available in this release", "service")
+        ok, detail, at = await connector_test.test_and_record(request.app[key].ops, entry)
+        return web.json_response({"ok": ok, "detail": detail, "tested_at": at})
 
     router.add_get("/api/v1/connectors", list_all)
     router.add_post("/api/v1/connectors", create)
@@ -162,3 +250,23 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
     router.add_patch("/api/v1/connectors/{name}", update)
     router.add_delete("/api/v1/connectors/{name}", delete)
     router.add_post("/api/v1/connectors/{name}/test", test)
+
+
+def _updated(old: ConnectorEntry, body: dict
+             ) -> tuple[ConnectorEntry, web.Response | None]:
+    """``old`` with ``body`` applied and the (new) service's preset, and its first problem.
+    Checked here, before the write, on the connector as it would be stored."""
+    c = old.connector
+    service = body.get("service", c.service)
+    protocol, clash = implied_protocol(service, body.get("protocol", c.protocol
+                                                         if service == "other" else None))
+    if clash is not None:
+        return old, api_error(422, "rule_violation", clash[1], clash[0])
+    merged = dataclasses.replace(c, **_settings(body), protocol=protocol)
+    merged = with_preset(_refill(c, merged, set(body)), body)
+    given = _credentials(body)
+    new = ConnectorEntry(merged, given.get("username", old.username),
+                         given.get("password", old.password),
+                         {**old.secrets, **{k: v for k, v in given.items()
+                                            if k in SECRET_FIELDS}})
+    return new, _rule_problem(new, set(body))

@@ -7,6 +7,7 @@ operation has the one shape ``{"error": {"code", "message", "field"}}``.
 """
 from __future__ import annotations
 
+from gateway import presets
 from gateway.model import MODES, STATES
 
 S = {"type": "string"}
@@ -58,7 +59,21 @@ SCHEMAS = {
     "Connector": obj({
         "name": S, "service": S, "direction": S, "protocol": S, "primary_address": S,
         "aliases": STR_LIST, "enabled": BOOL, "route_on_envelope": BOOL, "username": NULLABLE_S,
-        "smtp_host": S, "smtp_port": INT, "smtp_tls": S, "password_set": BOOL}),
+        "smtp_host": S, "smtp_port": INT, "smtp_tls": S, "password_set": BOOL,
+        # polled connectors only (protocol imap, pop3, graph):
+        "host": S, "port": INT, "tls": S, "folders": STR_LIST, "poll_interval": INT,
+        "shared_mailbox": S, "tenant_id": S, "application_id": S, "certificate_file": S,
+        "certificate_thumbprint": S, "authority_host": S, "graph_base_url": S, "ca_file": S,
+        "tls_verify": BOOL, "keep_on_server": BOOL, "start_from": S,
+        "client_secret_set": BOOL, "certificate_password_set": BOOL,
+        "warnings": {**STR_LIST, "description": "accepted but risky settings (R-C4: "
+                     "tls_verify false, tls none)"}},
+        required=["name", "service", "direction", "protocol", "primary_address", "aliases",
+                  "enabled", "route_on_envelope", "username", "smtp_host", "smtp_port",
+                  "smtp_tls", "password_set"]),
+    "ConnectorTest": {**obj({"ok": BOOL, "detail": S, "tested_at": {"type": "number"}}),
+                      "description": "R-C3: ok false means the MAILBOX failed (detail holds "
+                                     "the server's own words), not the request"},
     "Route": obj({
         "id": INT, "name": S, "connector": S, "email_address": S, "folder_path": S,
         "rules": obj({"important": {"type": ["boolean", "null"]}, "attachment_types": S,
@@ -106,10 +121,34 @@ EMAIL_ID = path_param("id", INT)
 ITEM = answer(ref("WorkItem"))
 
 
+def enum(values) -> dict:
+    return {"type": "string", "enum": list(values)}
+
+
+PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 CONNECTOR_IN = {
-    "name": S, "service": S, "direction": S, "primary_address": S, "aliases": STR_LIST,
-    "enabled": BOOL, "route_on_envelope": BOOL, "username": NULLABLE_S, "password": NULLABLE_S,
-    "smtp_host": S, "smtp_port": INT, "smtp_tls": S}
+    "name": S, "service": enum(presets.SERVICES),
+    "protocol": {**enum(presets.PROTOCOLS), "description": "R-C1: required for service "
+                 "'other' only; the other services imply it"},
+    "direction": enum(["incoming", "outgoing", "both"]), "primary_address": S,
+    "aliases": STR_LIST, "enabled": BOOL, "route_on_envelope": BOOL, "username": NULLABLE_S,
+    "password": {**NULLABLE_S, "maxLength": 50, "description": "R-C1: at most 50 characters; "
+                 "never returned (password_set)"},
+    "smtp_host": S, "smtp_port": PORT, "smtp_tls": enum(presets.TLS_MODES),
+    # R-C1 poll settings (polled services only; blank host/port take the service's preset)
+    "host": S, "port": PORT, "tls": enum(presets.TLS_MODES),
+    "folders": {**STR_LIST, "minItems": 1}, "poll_interval": {"type": "integer",
+                                                              "minimum": 10, "maximum": 86400},
+    "shared_mailbox": S, "tenant_id": S, "application_id": S, "certificate_file": S,
+    "certificate_thumbprint": S, "authority_host": {**S, "description": "https:// URL"},
+    "graph_base_url": {**S, "description": "https:// URL"}, "ca_file": S,
+    "tls_verify": {**BOOL, "description": "R-C4: false turns certificate checks off (warned)"},
+    "keep_on_server": BOOL, "start_from": enum(["all", "now"]),
+    "client_secret": {**NULLABLE_S, "description": "R-I6; never returned (client_secret_set)"},
+    "certificate_password": {**NULLABLE_S, "description": "R-I6; never returned "
+                             "(certificate_password_set)"}}
+CONNECTOR_PATCH = {**CONNECTOR_IN, "force": {
+    **BOOL, "description": "R-C3: enable even though the connector's last test failed"}}
 ROUTE_IN = {
     "name": S, "email_address": S, "folder_path": S, "send_automated_emails": BOOL,
     "ack_cc": BOOL, "test_mode": BOOL, "enabled": BOOL, "fallback": BOOL,
@@ -131,11 +170,17 @@ def directory_paths(v1: str) -> dict:
         connector: {
             "get": {"parameters": [NAME_PATH], "responses": answer(ref("Connector"))},
             "patch": {"parameters": [NAME_PATH],
-                      "requestBody": body(obj(CONNECTOR_IN, [], False)),
+                      "requestBody": body(obj(CONNECTOR_PATCH, [], False)),
                       "responses": answer(ref("Connector"))},
             "delete": {"parameters": [NAME_PATH], "responses": NO_CONTENT}},
-        f"{connector}/test": {"post": {"parameters": [NAME_PATH], "responses": answer(
-            obj({"ok": BOOL, "detail": S}))}},
+        f"{connector}/test": {"post": {
+            "parameters": [NAME_PATH],
+            "description": "R-C3: log in for real (IMAP LOGIN + SELECT, POP3 USER/PASS + STAT,"
+                           " Graph token + one folder read, SMTP EHLO + AUTH) and keep the "
+                           "result. 200 whenever the test ran: ok false is the mailbox failing"
+                           ". Enabling an incoming connector whose last test failed then needs"
+                           " \"force\": true (PATCH).",
+            "responses": answer(ref("ConnectorTest"), description="the test ran")}},
         f"{connector}/routes": {
             "get": {"parameters": [NAME_PATH, query("q")],
                     "responses": answer(obj({"routes": {"type": "array",

@@ -6,16 +6,24 @@ field; mail is delivered over LMTP to show a change through the API is live at o
 from __future__ import annotations
 
 import json
+import time
 
 import aiohttp
 import pytest
 
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+from gateway import connector_test
 from gateway.config import BootstrapConnector
-from tests.conftest import ADMIN_TOKEN
+from gateway.protocols.mailbox import MailboxError
+from tests.conftest import ADMIN_TOKEN, free_port
 from tests.e2e.helpers import WIRE, deliver, mail
 from tests.wire import WireClient
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+# The test relay takes AUTH over plain TCP on loopback on purpose; aiosmtpd warns each time.
+pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 SECRET = "s3cret-Passw0rd"
 SUPPORT = [BootstrapConnector(name="support", primary_address="support@corp.test",
                               aliases=("help@corp.test", "billing@corp.test"))]
@@ -136,7 +144,7 @@ async def test_r_c1_password_longer_than_50_characters_is_refused(http, method, 
 
 
 @pytest.mark.parametrize("body,field,code", [
-    ({"service": "gmail_imap"}, "service", "invalid"),
+    ({"service": "hotmail"}, "service", "invalid"),
     ({"direction": "sideways"}, "direction", "invalid"),
     ({"aliases": ["x+tag@corp.test"]}, "aliases", "invalid"),
     ({"color": "blue"}, "color", "unknown_field"),
@@ -172,9 +180,10 @@ async def test_r_c2_enabling_a_connector_without_fallback_is_refused(gw, http):
 
 
 async def test_r_c3_testing_an_lmtp_connector_has_nothing_to_connect_to(http):
+    before = time.time()
     status, body = await call(http, "POST", "/connectors/support/test")
-    assert (status, body) == (200, {"ok": True,
-                                    "detail": "lmtp: mail is pushed; nothing to connect to"})
+    assert status == 200 and body.pop("tested_at") >= before
+    assert body == {"ok": True, "detail": "lmtp: mail is pushed; nothing to connect to"}
     status, body = await call(http, "POST", "/connectors/nobody/test")
     assert status == 404 and body["error"]["code"] == "not_found"
 
@@ -205,6 +214,261 @@ async def test_deleting_a_connector_removes_its_routes_and_its_addresses(gw, htt
     assert [a["action"] for a in await history(http, f"route:{route['id']}")] == \
         ["create", "delete"]
 
+
+
+# -- polled connectors (R-C1 presets, R-I6, R-B5, R-C4, R-C3) -----------------------------
+
+LOGIN = {"username": "desk@corp.test", "password": SECRET}
+GRAPH = {"tenant_id": "contoso.onmicrosoft.com",
+         "application_id": "11111111-2222-3333-4444-555555555555"}
+CLIENT_SECRET = "graph-Cl13nt-s3cret~value"
+CERT_PASSWORD = "pfx-Passw0rd-value"
+
+
+async def create(http, service: str, **fields) -> tuple[int, dict]:
+    """Disabled unless said: an enabled polled connector starts polling its real server."""
+    return await call(http, "POST", "/connectors", {
+        "name": "desk", "service": service, "primary_address": "desk@corp.test",
+        "enabled": False, **fields})
+
+
+@pytest.mark.parametrize("service,fields,expected", [
+    ("gmail_imap", LOGIN, {"protocol": "imap", "host": "imap.gmail.com", "port": 993,
+                           "tls": "implicit", "smtp_host": ""}),
+    ("gmail_pop3", LOGIN, {"protocol": "pop3", "host": "pop.gmail.com", "port": 995}),
+    ("o365_imap", {**LOGIN, "direction": "both"},
+     {"protocol": "imap", "host": "outlook.office365.com", "port": 993,
+      "smtp_host": "smtp.office365.com"}),
+    ("o365_pop3", LOGIN, {"protocol": "pop3", "host": "outlook.office365.com",
+                          "tls": "implicit", "port": 995}),
+    ("o365_imap", {**LOGIN, "tls": "starttls"},             # a given tls is kept
+     {"protocol": "imap", "host": "outlook.office365.com", "tls": "starttls", "port": 143}),
+    ("o365_graph", {**GRAPH, "client_secret": CLIENT_SECRET},
+     {"protocol": "graph", "host": "", "client_secret_set": True,
+      "authority_host": "https://login.microsoftonline.com",
+      "graph_base_url": "https://graph.microsoft.com/v1.0"}),
+    ("other", {**LOGIN, "protocol": "imap", "host": "mail.corp.test", "tls": "starttls"},
+     {"protocol": "imap", "host": "mail.corp.test", "port": 143, "tls": "starttls"}),
+    ("other", {**LOGIN, "protocol": "pop3", "host": "mail.corp.test", "port": 1995},
+     {"protocol": "pop3", "port": 1995, "tls": "implicit"}),
+])
+async def test_r_c1_each_service_is_created_with_its_preset(http, service, fields, expected):
+    status, body = await create(http, service, **fields)
+    assert status == 201, body
+    assert {k: body[k] for k in expected} == expected
+    assert body["folders"] == ["INBOX"] and body["poll_interval"] == 60
+    assert body["start_from"] == "all" and body["keep_on_server"] is False
+    assert body["tls_verify"] is True and body["warnings"] == []
+    assert body == (await call(http, "GET", "/connectors/desk"))[1]
+
+
+async def test_r_c1_an_lmtp_connector_has_no_poll_settings(http):
+    status, body = await create(http, "lmtp")
+    assert status == 201 and "host" not in body and "folders" not in body
+    assert "client_secret_set" not in body and "warnings" not in body
+    message = refused(*await create(http, "lmtp", name="other", primary_address="o@corp.test",
+                                    host="mail.corp.test"), "R-C1", "host")
+    assert "poll setting" in message
+    refused(*await call(http, "PATCH", "/connectors/desk", {"folders": ["INBOX"]}),
+            "R-C1", "folders")
+
+
+@pytest.mark.parametrize("service,fields,rule,field", [
+    ("other", {**LOGIN, "protocol": "imap"}, "R-C1", "host"),
+    ("other", {**LOGIN, "host": "mail.corp.test"}, "R-C1", "protocol"),
+    ("gmail_imap", {**LOGIN, "protocol": "pop3"}, "R-C1", "protocol"),
+    ("lmtp", {"protocol": "imap"}, "R-C1", "protocol"),
+    ("o365_graph", {"application_id": GRAPH["application_id"]}, "R-I6", "tenant_id"),
+    ("o365_graph", {"tenant_id": GRAPH["tenant_id"]}, "R-I6", "application_id"),
+    ("o365_graph", GRAPH, "R-I6", "client_secret"),
+    ("o365_graph", {**GRAPH, "client_secret": "x", "certificate_file": "/etc/a.pfx"},
+     "R-I6", "certificate_file"),
+    ("o365_graph", {**GRAPH, "certificate_file": "/etc/key.pem"}, "R-I6",
+     "certificate_thumbprint"),
+    ("gmail_imap", {"username": "desk@corp.test"}, "R-C1", "password"),
+    ("gmail_imap", {}, "R-C1", "username"),
+    ("gmail_imap", {**LOGIN, "client_secret": "x"}, "R-I6", "client_secret"),
+    ("gmail_pop3", {**LOGIN, "folders": ["INBOX", "Support"]}, "R-I5", "folders"),
+    ("o365_graph", {**GRAPH, "client_secret": "x", "host": "graph.test"}, "R-C1", "host"),
+    ("gmail_imap", {**LOGIN, **GRAPH}, "R-C1", "application_id"),
+])
+async def test_r_c1_r_i6_a_connector_that_cannot_work_is_refused(http, service, fields, rule,
+                                                                 field):
+    refused(*await create(http, service, enabled=True, **fields), rule, field)
+    assert (await call(http, "GET", "/connectors/desk"))[0] == 404
+
+
+async def test_r_c1_a_disabled_polled_connector_may_wait_for_its_credentials(http):
+    nowhere = f"https://127.0.0.1:{free_port()}"           # the poller it starts fails fast
+    status, body = await create(http, "o365_graph", **GRAPH, authority_host=nowhere,
+                                graph_base_url=nowhere)
+    assert status == 201 and body["client_secret_set"] is False
+    refused(*await call(http, "PATCH", "/connectors/desk", {"enabled": True}),
+            "R-I6", "client_secret")
+    status, body = await call(http, "PATCH", "/connectors/desk",
+                              {"enabled": True, "client_secret": CLIENT_SECRET})
+    assert status == 200 and body["enabled"] and body["client_secret_set"], body
+
+
+@pytest.mark.parametrize("field,value", [
+    ("port", 0), ("port", 65536), ("port", "993"), ("tls", "ssl"), ("folders", []),
+    ("folders", [""]), ("folders", ["x" * 256]), ("folders", ["INBOX\r\nA1 DELETE INBOX"]),
+    ("folders", ["INBOX", "INBOX"]), ("folders", "INBOX"), ("poll_interval", 9),
+    ("poll_interval", 86401), ("poll_interval", 60.5), ("poll_interval", True),
+    ("host", "mail corp.test"), ("host", "mail.corp.test/x"),
+    ("authority_host", "http://login.microsoftonline.com"),
+    ("graph_base_url", "ftp://graph.microsoft.com"), ("start_from", "yesterday"),
+    ("tls_verify", "no"), ("keep_on_server", 1), ("application_id", "my-app"),
+    ("tenant_id", "contoso tenant"), ("certificate_thumbprint", "abc123"),
+    ("shared_mailbox", "x\ny"), ("client_secret", 42),
+])
+async def test_r_c1_poll_settings_are_checked_naming_the_field(http, field, value):
+    message = refused(*await create(http, "gmail_imap", **LOGIN, **{field: value}), "R-C1",
+                      field, code="invalid")
+    assert f"{field} must be " in message
+
+
+async def test_r_c1_secrets_are_never_returned_and_masked_in_the_history(http):
+    status, body = await create(http, "o365_graph", **GRAPH, client_secret=CLIENT_SECRET)
+    assert status == 201 and body["client_secret_set"] is True
+    assert body["certificate_password_set"] is False
+    status, body = await call(http, "PATCH", "/connectors/desk", {
+        "client_secret": None, "certificate_file": "/etc/mailgate/graph.pfx",
+        "certificate_password": CERT_PASSWORD})
+    assert status == 200, body
+    assert (body["client_secret_set"], body["certificate_password_set"]) == (False, True)
+    for path in ("/connectors", "/connectors/desk", "/activity",
+                 "/activity?entity=connector:desk"):
+        async with http.get(f"/api/v1{path}") as r:
+            text = await r.text()
+            assert r.status == 200 and CLIENT_SECRET not in text and CERT_PASSWORD not in text
+    create_line, update = await history(http, "connector:desk")
+    assert create_line["changes"]["client_secret"] == ["***", "***"]
+    assert update["changes"]["client_secret"] == ["***", "***"]        # changed, unsaid
+    assert update["changes"]["certificate_password"] == ["***", "***"]
+
+
+async def test_r_c4_turning_certificate_checks_off_is_accepted_and_said(http):
+    status, body = await create(http, "gmail_imap", **LOGIN, tls_verify=False)
+    assert status == 201 and body["tls_verify"] is False
+    [warning] = body["warnings"]
+    assert warning.startswith("R-C4: tls_verify is false")
+    status, body = await call(http, "PATCH", "/connectors/desk", {"tls_verify": True})
+    assert status == 200 and body["warnings"] == []
+
+
+async def test_r_c1_a_new_service_refills_what_the_old_preset_filled(http):
+    await create(http, "gmail_imap", **LOGIN, direction="both")
+    status, body = await call(http, "PATCH", "/connectors/desk", {"service": "o365_imap"})
+    assert status == 200, body
+    assert (body["host"], body["port"], body["smtp_host"]) == \
+        ("outlook.office365.com", 993, "smtp.office365.com")
+    status, body = await call(http, "PATCH", "/connectors/desk", {"tls": "starttls"})
+    assert (body["tls"], body["port"]) == ("starttls", 143)        # the port follows tls
+    status, body = await call(http, "PATCH", "/connectors/desk",
+                              {"service": "other", "host": "imap.corp.test", "port": 1143})
+    assert status == 200 and body["protocol"] == "imap", body      # 'other' keeps imap
+    assert (body["host"], body["port"]) == ("imap.corp.test", 1143)
+    status, body = await call(http, "PATCH", "/connectors/desk", {"service": "gmail_imap"})
+    assert (body["host"], body["port"]) == ("imap.corp.test", 1143)   # the admin's stay
+    refused(*await call(http, "PATCH", "/connectors/desk", {"protocol": "pop3"}),
+            "R-C1", "protocol")
+    status, body = await call(http, "PATCH", "/connectors/desk", {"service": "lmtp"})
+    assert status == 200 and body["protocol"] == "lmtp" and "host" not in body
+
+
+# -- R-C3: test, and the refusal to enable after a failed test ------------------------------
+
+async def closed_imap(http, **fields) -> dict:
+    status, body = await create(http, "other", protocol="imap", host="127.0.0.1",
+                                port=free_port(), tls="none", **LOGIN, **fields)
+    assert status == 201, body
+    return body
+
+
+async def test_r_c3_a_failed_test_reports_the_os_error_and_blocks_enabling(gw, http):
+    await closed_imap(http)
+    status, body = await call(http, "POST", "/connectors/desk/test")
+    assert status == 200 and body["ok"] is False, body
+    assert body["detail"].startswith("imap: ") and "Errno 111" in body["detail"], body
+    assert SECRET not in body["detail"]
+    message = refused(*await call(http, "PATCH", "/connectors/desk", {"enabled": True}),
+                      "R-C3", "enabled")
+    assert "Errno 111" in message and '"force": true' in message
+    assert not (await call(http, "GET", "/connectors/desk"))[1]["enabled"]
+    status, body = await call(http, "PATCH", "/connectors/desk", {"enabled": True,
+                                                                  "force": True})
+    assert status == 200 and body["enabled"] is True
+    assert [a["action"] for a in await history(http, "connector:desk")] == ["create",
+                                                                           "enable"]
+
+
+async def test_r_c3_a_passing_test_lifts_the_refusal(gw, http, monkeypatch):
+    await closed_imap(http)
+    assert (await call(http, "POST", "/connectors/desk/test"))[1]["ok"] is False
+    seen = []
+
+    class Fine:
+        async def test(self) -> str:
+            return "imap: logged in; INBOX holds 3 message(s)"
+
+    def fake(connector, credentials, **options):
+        seen.append(credentials)
+        return Fine()
+    monkeypatch.setattr(connector_test, "open_mailbox", fake)
+    status, body = await call(http, "POST", "/connectors/desk/test")
+    assert (status, body["ok"], body["detail"]) == \
+        (200, True, "imap: logged in; INBOX holds 3 message(s)")
+    assert (seen[0].username, seen[0].password) == ("desk@corp.test", SECRET)
+    status, body = await call(http, "PATCH", "/connectors/desk", {"enabled": True})
+    assert status == 200 and body["enabled"] is True
+
+
+async def test_r_c3_the_servers_own_words_are_the_detail(gw, http, monkeypatch):
+    await closed_imap(http)
+
+    class Refusing:
+        async def test(self) -> str:
+            raise MailboxError("NO [AUTHENTICATIONFAILED] Authentication failed.")
+    monkeypatch.setattr(connector_test, "open_mailbox", lambda *a, **k: Refusing())
+    status, body = await call(http, "POST", "/connectors/desk/test")
+    assert (status, body["ok"], body["detail"]) == \
+        (200, False, "imap: NO [AUTHENTICATIONFAILED] Authentication failed.")
+
+
+async def test_r_c3_never_tested_may_be_enabled_and_a_deleted_namesakes_test_is_gone(http):
+    await closed_imap(http)
+    status, body = await call(http, "PATCH", "/connectors/desk", {"enabled": True})
+    assert status == 200 and body["enabled"] is True           # never tested
+    await call(http, "PATCH", "/connectors/desk", {"enabled": False})
+    assert (await call(http, "POST", "/connectors/desk/test"))[1]["ok"] is False
+    assert (await call(http, "DELETE", "/connectors/desk"))[0] == 204
+    await closed_imap(http)
+    status, body = await call(http, "PATCH", "/connectors/desk", {"enabled": True})
+    assert status == 200 and body["enabled"] is True
+
+
+async def test_r_c3_an_outgoing_connector_is_tested_with_ehlo_and_auth(http):
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        return AuthResult(success=auth_data.password == SECRET.encode(), handled=False)
+
+    relay = Controller(object(), hostname="127.0.0.1", port=free_port(), auth_required=True,
+                       auth_require_tls=False, authenticator=authenticate)
+    relay.start()
+    try:
+        base = {"direction": "outgoing", "smtp_host": "127.0.0.1", "smtp_port": relay.port,
+                "smtp_tls": "none", "username": "desk"}
+        await create(http, "lmtp", **base, password=SECRET)
+        status, body = await call(http, "POST", "/connectors/desk/test")
+        assert (status, body["ok"]) == (200, True), body
+        assert body["detail"] == (f"smtp: 127.0.0.1:{relay.port} answered EHLO; "
+                                  "AUTH as desk accepted")
+        await call(http, "PATCH", "/connectors/desk", {"password": "wrong"})
+        status, body = await call(http, "POST", "/connectors/desk/test")
+        assert (status, body["ok"]) == (200, False), body
+        assert body["detail"].startswith("smtp: 535 "), body
+    finally:
+        relay.stop()
 
 # -- routes (R-R1..R-R8) ------------------------------------------------------------------
 

@@ -141,6 +141,114 @@ async def test_export_import_export_is_byte_identical(tmp_path):
     assert all(h[2].startswith("cli") for h in history)
 
 
+
+# -- polled connectors (R-C1 poll settings; never a credential) -------------------------------
+
+IMAP = Connector(name="imap-desk", service="other", protocol="imap", enabled=False,
+                 primary_address="desk@corp.test", host="mail.corp.test", port=1993,
+                 folders=("INBOX", "Support/Übersicht", 'quote "q"'), poll_interval=300,
+                 keep_on_server=True, start_from="now", ca_file="/etc/mailgate/ca.pem",
+                 tls_verify=False, shared_mailbox="shared@corp.test")
+GRAPH = Connector(name="graph", service="o365_graph", protocol="graph",
+                  primary_address="team@corp.test", direction="both",
+                  tenant_id="contoso.onmicrosoft.com",
+                  application_id="11111111-2222-3333-4444-555555555555",
+                  certificate_file="/etc/mailgate/graph.pem",
+                  certificate_thumbprint="0123456789abcdef0123456789ABCDEF01234567",
+                  authority_host="https://127.0.0.1:8443",
+                  graph_base_url="https://127.0.0.1:8443/v1.0")
+GRAPH_SECRETS = {"client_secret": "graph-cl1ent-s3cret", "certificate_password": "pfx-pw-s3cret"}
+
+
+async def build_polled(directory: Path) -> None:
+    directory.mkdir()
+    gw = Gateway(make_settings(directory, connectors=[]))
+    await gw.open_offline()
+    try:
+        await gw.add_connector(SUPPORT)
+        await gw.ops.add_connector(IMAP, username="desk", password="imap-pa55-s3cret")
+        await gw.ops.add_connector(GRAPH, secrets=GRAPH_SECRETS)
+    finally:
+        await gw.close_offline()
+
+
+def stored_logins(directory: Path) -> list:
+    return rows(directory, "SELECT name, username, password, secrets FROM connectors"
+                           " ORDER BY name")
+
+
+async def test_polled_connectors_round_trip_byte_identical_without_a_secret(tmp_path):
+    await build_polled(tmp_path / "src")
+    src, dst = config(tmp_path / "src"), config(tmp_path / "dst")
+    text = mailgate("directory", "export", "-", "--config", src).stdout
+    for secret in ("imap-pa55-s3cret", *GRAPH_SECRETS.values()):
+        assert secret not in text
+    data = {c["name"]: c for c in tomllib.loads(text)["connectors"]}
+    assert "host" not in data["support"] and "folders" not in data["support"]  # pushed
+    assert data["imap-desk"]["folders"] == list(IMAP.folders)
+    assert (data["imap-desk"]["tls_verify"], data["imap-desk"]["start_from"]) == (False, "now")
+    assert data["graph"]["certificate_thumbprint"] == GRAPH.certificate_thumbprint
+    assert data["graph"]["smtp_host"] == ""     # o365_graph has no SMTP preset
+    assert "port" not in data["graph"] and "tenant_id" not in data["imap-desk"]  # not used
+    run = mailgate("directory", "import", "-", "--config", dst, stdin=text)
+    assert run.returncode == 0, run.stderr
+    assert mailgate("directory", "export", "-", "--config", dst).stdout == text
+    # a new connector comes without credentials; the source's are kept by its own import
+    assert [r[1:] for r in stored_logins(tmp_path / "dst")] == [(None, None, "{}")] * 3
+    before = stored_logins(tmp_path / "src")
+    changed = text.replace("poll_interval = 300", "poll_interval = 120")
+    run = mailgate("directory", "import", "-", "--config", src, stdin=changed)
+    assert run.returncode == 0, run.stderr
+    assert stored_logins(tmp_path / "src") == before
+    assert mailgate("directory", "export", "-", "--config", src).stdout == changed
+
+
+async def test_a_preset_fills_what_a_hand_written_file_leaves_out(tmp_path):
+    text = textwrap.dedent("""\
+        [[connectors]]
+        name = "gmail"
+        service = "gmail_imap"
+        primary_address = "desk@corp.test"
+        direction = "both"
+        enabled = false
+
+        [[routes]]
+        connector = "gmail"
+        name = "gmail fallback"
+        email_address = "desk@corp.test"
+        order = 1
+        fallback = true
+        """)
+    wanted, problems = directory_file.check_directory(text, "d.toml")
+    assert problems == []
+    [gmail] = wanted.connectors
+    assert (gmail.protocol, gmail.host, gmail.port, gmail.tls, gmail.smtp_host) == \
+        ("imap", "imap.gmail.com", 993, "implicit", "smtp.gmail.com")
+
+
+async def test_r_c3_an_import_cannot_enable_a_connector_whose_last_test_failed(tmp_path):
+    await build_polled(tmp_path / "src")
+    src = config(tmp_path / "src")
+    with sqlite3.connect(tmp_path / "src" / "mailgate.db") as db:
+        db.execute("INSERT INTO connector_tests VALUES ('imap-desk', 0, 'imap: NO [AUTH"
+                   "ENTICATIONFAILED] Authentication failed.', 9999999999)")
+    text = mailgate("directory", "export", "-", "--config", src).stdout
+    enabling = text.replace('name = "imap-desk"\nservice = "other"\nprotocol = "imap"\n'
+                            'direction = "incoming"\nprimary_address = "desk@corp.test"\n'
+                            'aliases = []\nenabled = false',
+                            'name = "imap-desk"\nservice = "other"\nprotocol = "imap"\n'
+                            'direction = "incoming"\nprimary_address = "desk@corp.test"\n'
+                            'aliases = []\nenabled = true')
+    assert enabling != text
+    path = tmp_path / "enabling.toml"
+    path.write_text(enabling, encoding="utf-8")
+    run = mailgate("directory", "import", str(path), "--config", src)
+    assert run.returncode == 2
+    line = line_of(enabling, "enabled = true", 'name = "imap-desk"')
+    assert run.stderr.startswith(f"{path}:{line}: connector 'imap-desk': R-C3: its last test "
+                                 "failed (imap: NO [AUTHENTICATIONFAILED]"), run.stderr
+    assert mailgate("directory", "export", "-", "--config", src).stdout == text
+
 # -- a broken file ----------------------------------------------------------------------------
 
 BROKEN = textwrap.dedent("""\
@@ -236,6 +344,9 @@ async def test_a_broken_file_changes_nothing_and_lists_every_problem_with_its_li
     assert not (tmp_path / "fresh" / "mailgate.db").exists()
 
 
+POLLED = ("[[connectors]]\nservice = 'gmail_imap'\nname = 'a'\nprimary_address = 'a@x.test'\n")
+
+
 @pytest.mark.parametrize("text, line, message", [
     ("format = 1\n[[connectors]\nname = 1\n", 2, "TOML syntax error"),
     ("format = 2\n", 1, "this mailgate reads format 1"),
@@ -263,6 +374,27 @@ async def test_a_broken_file_changes_nothing_and_lists_every_problem_with_its_li
     ("[[contacts]]\npattern = 'a+b@x.test'\ncompany = 'A; B'\n", 2, "contact pattern"),
     ("[[routes]]\nconnector = 'a'\n[routes.rules]\nimportant = 'yes'\n", 4,
      "rules.important = 'yes': write true or false"),
+    (POLLED + "port = 0\n", 5, "connector 'a': port must be a port from 1 to 65535"),
+    (POLLED + "folders = []\n", 5, "folders must be a list of 1 to 100"),
+    (POLLED + "folders = 'INBOX'\n", 5, "folders = 'INBOX': write a list of strings"),
+    (POLLED + "poll_interval = 5\n", 5, "poll_interval must be whole seconds from 10"),
+    (POLLED + "authority_host = 'http://login.test'\n", 5, "authority_host must be an "
+     "https:// URL"),
+    (POLLED + "start_from = 'today'\n", 5, "start_from must be 'all' or 'now' (R-B5)"),
+    (POLLED + "client_secret = 'x'\n", 5, "credentials are never part of the directory file"),
+    (POLLED + "protocol = 'pop3'\n", 5, "R-C1: service 'gmail_imap' implies protocol 'imap'"),
+    (POLLED.replace("gmail_imap", "other") + "protocol = 'imap'\n", 1,
+     "connector 'a': R-C1: IMAP connectors need a host"),
+    (POLLED.replace("gmail_imap", "gmail_pop3") + "folders = ['INBOX', 'Sent']\n", 5,
+     "R-I5: a POP3 mailbox has only INBOX"),
+    (POLLED.replace("gmail_imap", "o365_graph") + "tenant_id = 'contoso.test'\n", 1,
+     "R-I6: Graph connectors need application_id"),
+    (POLLED.replace("gmail_imap", "lmtp") + "host = 'mail.corp.test'\n", 5,
+     "R-C1: host is a poll setting"),
+    (POLLED.replace("gmail_imap", "hotmail"), 2, "service 'hotmail': use one of gmail_imap"),
+    (POLLED.replace("gmail_imap", "o365_graph") + "port = 993\n", 5,
+     "R-C1: a graph connector does not use port"),
+    (POLLED + "tenant_id = 'contoso.test'\n", 5, "R-C1: an imap connector does not use tenant_id"),
 ])
 def test_each_problem_is_found_at_its_line(text, line, message):
     _, problems = directory_file.check_directory(text, "d.toml")

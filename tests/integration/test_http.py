@@ -121,7 +121,7 @@ async def test_r_c1_connector_created_over_the_api_receives_mail_at_once(gateway
 @pytest.mark.parametrize("body,field", [
     ({"primary_address": "x@example.test"}, "name"),
     ({"name": "x", "primary_address": "nope"}, "primary_address"),
-    ({"name": "x", "primary_address": "x@example.test", "service": "gmail_imap"}, "service"),
+    ({"name": "x", "primary_address": "x@example.test", "service": "hotmail"}, "service"),
     ({"name": "x", "primary_address": "x@example.test", "aliases": "a@b.test"}, "aliases"),
     ({"name": "x", "primary_address": "support@example.test"}, "primary_address"),
 ])

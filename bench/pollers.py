@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Drain a real Dovecot mailbox through the whole gateway, beside stdlib imaplib's fetch-all.
+
+    .venv/bin/python bench/pollers.py [--messages 5000] [--rounds 3] [--protocols imap,pop3]
+                                      [--tls none|implicit] [--size 2000]
+
+Goal (issue "Done when"): draining a mailbox of 5,000 messages over IMAP and over
+POP3 through the full pipeline runs at >= 50% of the rate of a plain stdlib
+``imaplib`` fetch-all of the same mailbox, measured in the same run.
+
+One throwaway Dovecot (tests/dovecot.py: Maildir, passwd-file users, a test CA)
+serves every round. Each round, on fresh mailboxes seeded with the same N
+distinct messages (every one its own Message-ID, so each makes a work item):
+
+  1. ceiling: stdlib imaplib logs in, SELECTs INBOX and runs one
+     ``UID FETCH 1:* (BODY.PEEK[])``; the time from connect to the last byte.
+     It stores nothing and deletes nothing: the protocol's ceiling.
+  2. mailgate over IMAP, then over POP3: a gateway (in this process, on uvloop
+     when installed, as ``mailgate serve`` runs) on a fresh SQLite database gets
+     one polled connector for the mailbox. The clock starts when the connector is
+     added (its poller starts at once) and stops when every message is journaled,
+     removed from the mailbox AND processed by the pipeline (work item created).
+     "drained" is when the poller's round ended (all journaled and removed).
+
+Checks every round: the mailbox is empty, N emails are stored, N work items made.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import imaplib
+import logging
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.app import Gateway  # noqa: E402
+from gateway.config import (DirectorySection, HttpSection, LmtpSection, Settings,  # noqa: E402
+                            SmtpSection, StorageSection)
+from tests.dovecot import DovecotInstance  # noqa: E402
+
+GOAL = 0.50
+
+
+def log(*a) -> None:
+    print("pollers.py:", *a, file=sys.stderr, flush=True)
+
+
+def messages(count: int, size: int, to: str) -> list[bytes]:
+    """``count`` distinct plain-text messages of about ``size`` bytes, CRLF."""
+    filler = ("The printer on the third floor prints every page twice. " * 64)
+    body = (filler * (size // len(filler) + 1))[:max(0, size - 400)]
+    lines = [body[i:i + 76] for i in range(0, len(body), 76)]
+    out = []
+    for n in range(count):
+        head = (f"From: Customer {n} <customer{n}@example.org>\r\n"
+                f"To: {to}\r\n"
+                f"Subject: Question number {n}\r\n"
+                f"Date: Sun, 29 Nov 2026 10:00:00 +0000\r\n"
+                f"Message-ID: <{uuid.uuid4().hex}@example.org>\r\n"
+                f"MIME-Version: 1.0\r\n"
+                f"Content-Type: text/plain; charset=utf-8\r\n\r\n")
+        out.append((head + "\r\n".join(lines) + "\r\n").encode())
+    return out
+
+
+def imaplib_fetch_all(dovecot: DovecotInstance, user: str, tls: str) -> float:
+    """Seconds for a plain stdlib fetch-all of INBOX (the ceiling)."""
+    started = time.perf_counter()
+    if tls == "implicit":
+        context = ssl.create_default_context(cafile=dovecot.ca_file)
+        client = imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=context)
+    else:
+        client = imaplib.IMAP4(dovecot.host, dovecot.imap_port)
+    client.login(user, dovecot.password(user))
+    typ, data = client.select("INBOX")
+    assert typ == "OK", data
+    typ, data = client.uid("FETCH", "1:*", "(BODY.PEEK[])")
+    assert typ == "OK", data
+    elapsed = time.perf_counter() - started
+    fetched = sum(1 for item in data if isinstance(item, tuple))
+    client.logout()
+    if fetched != int(dovecot.count(user)):
+        raise SystemExit(f"imaplib fetched {fetched} messages, mailbox has more")
+    return elapsed
+
+
+async def mailgate_drain(dovecot: DovecotInstance, user: str, protocol: str, tls: str,
+                         count: int, work: Path) -> dict:
+    settings = Settings(
+        storage=StorageSection(url=f"sqlite:///{work / 'mailgate.db'}"),
+        lmtp=LmtpSection(listen="127.0.0.1:0", enabled=False),
+        smtp=SmtpSection(listen="127.0.0.1:0", enabled=False),
+        http=HttpSection(listen="127.0.0.1:0", enabled=False),
+        directory=DirectorySection(connectors=()), source=str(work / "gateway.toml"))
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        connector = dovecot.connector(user, protocol=protocol, tls=tls, name="bench",
+                                      poll_interval=3600)
+        started = time.perf_counter()
+        await gw.add_connector(connector, username=user, password=dovecot.password(user))
+        poller = gw.pollers.get("bench")
+        while poller.status.rounds == 0 or poller.status.state == "starting":
+            await asyncio.sleep(0.005)
+        if poller.status.state != "ok":
+            raise SystemExit(f"{protocol} round failed: {poller.status.last_error}")
+        drained = time.perf_counter() - started
+        await gw.pipeline.drain(600)
+        processed = time.perf_counter() - started
+        rows = await gw.store.read(lambda db: db.execute_fetchall(
+            "SELECT (SELECT COUNT(*) FROM emails WHERE direction = 'incoming'),"
+            " (SELECT COUNT(*) FROM work_items)"))
+        emails, items = rows[0]
+    finally:
+        await gw.stop()
+    left = await asyncio.to_thread(dovecot.count, user)
+    if (emails, items, left) != (count, count, 0):
+        raise SystemExit(f"{protocol}: {emails} emails, {items} work items, {left} left "
+                         f"in the mailbox (wanted {count}, {count}, 0)")
+    return {"drained": drained, "processed": processed}
+
+
+def run_loop(coroutine):
+    try:
+        import uvloop
+        return uvloop.run(coroutine)
+    except ImportError:
+        return asyncio.run(coroutine)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=5000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--protocols", default="imap,pop3")
+    ap.add_argument("--tls", choices=("none", "implicit"), default="none")
+    ap.add_argument("--size", type=int, default=2000, help="bytes per message (about)")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    protocols = [p for p in a.protocols.split(",") if p]
+    results: dict[str, list[dict]] = {p: [] for p in protocols}
+    ceilings: list[float] = []
+    with DovecotInstance() as dovecot:
+        for round_no in range(1, a.rounds + 1):
+            user = dovecot.new_user("ceiling")
+            dovecot.seed(user, messages(a.messages, a.size, user))
+            ceiling = a.messages / imaplib_fetch_all(dovecot, user, a.tls)
+            ceilings.append(ceiling)
+            line = [f"round {round_no}: imaplib fetch-all {ceiling:,.0f} msgs/s"]
+            for protocol in protocols:
+                user = dovecot.new_user(protocol)
+                dovecot.seed(user, messages(a.messages, a.size, user))
+                with tempfile.TemporaryDirectory(prefix="mailgate-bench-") as work:
+                    r = run_loop(mailgate_drain(dovecot, user, protocol, a.tls, a.messages,
+                                                Path(work)))
+                r["rate"] = a.messages / r["processed"]
+                r["drain_rate"] = a.messages / r["drained"]
+                r["ratio"] = r["rate"] / ceiling
+                results[protocol].append(r)
+                line.append(f"{protocol} {r['rate']:,.0f} msgs/s processed "
+                            f"({r['ratio']:.2f}x), drained at {r['drain_rate']:,.0f}")
+            log("; ".join(line))
+    command = "bench/pollers.py " + " ".join(sys.argv[1:])
+    print(f"\n`.venv/bin/python {command.strip()}` — {a.messages} messages of ~{a.size} B, "
+          f"TLS {a.tls}, {a.rounds} rounds (median; min..max)\n")
+    print("| path | msgs/s processed | x imaplib fetch-all | mailbox drained msgs/s |")
+    print("|---|---|---|---|")
+    print(f"| stdlib imaplib fetch-all (ceiling) | {statistics.median(ceilings):,.0f} "
+          f"({min(ceilings):,.0f}..{max(ceilings):,.0f}) | 1.00 | - |")
+    verdict = True
+    for protocol, rows in results.items():
+        rates = [r["rate"] for r in rows]
+        ratios = [r["ratio"] for r in rows]
+        drains = [r["drain_rate"] for r in rows]
+        verdict &= statistics.median(ratios) >= GOAL
+        print(f"| mailgate {protocol} poll + full pipeline | {statistics.median(rates):,.0f} "
+              f"({min(rates):,.0f}..{max(rates):,.0f}) | {statistics.median(ratios):.2f} "
+              f"({min(ratios):.2f}..{max(ratios):.2f}) | {statistics.median(drains):,.0f} |")
+    print(f"\ngoal >= {GOAL:.2f}x: {'met' if verdict else 'NOT met'}")
+    return 0 if verdict else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
