@@ -166,15 +166,17 @@ class Poller:
     async def _round(self) -> bool:
         status = self.status
         status.rounds += 1
+        result = RoundResult()
         try:
-            result = await self.poll_once()
+            await self.poll_once(result)
         except asyncio.CancelledError:
             raise
         except (MailboxError, StoreError, OSError, asyncio.TimeoutError) as exc:
-            return await self._failed(str(exc) or exc.__class__.__name__)
+            return await self._failed(str(exc) or exc.__class__.__name__, result)
         except Exception as exc:  # a bug must not end the poller for good
             log.exception("poller %s: unexpected error", self.connector.name)
-            return await self._failed(f"internal error: {exc.__class__.__name__}: {exc}")
+            return await self._failed(f"internal error: {exc.__class__.__name__}: {exc}",
+                                      result)
         recovered = status.state == "failing"
         status.state, status.failures, status.last_error = "ok", 0, None
         status.last_success_at = time.time()
@@ -189,8 +191,10 @@ class Poller:
             await self._emit("connector.poll_recovered")
         return True
 
-    async def _failed(self, error: str) -> bool:
+    async def _failed(self, error: str, result: RoundResult) -> bool:
         status = self.status
+        status.last_round_fetched = result.fetched      # what was journaled before it broke
+        status.fetched_total += result.fetched
         first = status.state != "failing"
         status.state, status.last_error = "failing", error
         status.failures += 1
@@ -212,9 +216,10 @@ class Poller:
 
     # -- one round ------------------------------------------------------------------------
 
-    async def poll_once(self) -> RoundResult:
-        """One session: every folder, every new message journaled before it is removed."""
-        result = RoundResult()
+    async def poll_once(self, result: RoundResult | None = None) -> RoundResult:
+        """One session: every folder, every new message journaled before it is removed.
+        ``result`` is filled as it goes, so a round that breaks still tells what it did."""
+        result = result if result is not None else RoundResult()
         failed: list[str] = []
         async with self.mailbox as mailbox:
             for folder in mailbox.folders():
@@ -269,6 +274,9 @@ class Poller:
         result.folders[folder] = fetched_here
         on_server = set(present)
         gone = [k for k in known if k not in on_server and k != poll_sql.FIRST_POLL_MARK]
+        half_removed = [k for k in gone if known[k] is not None]
+        if half_removed and mailbox.two_step_remove and not self.connector.keep_on_server:
+            await mailbox.remove(folder, half_removed)      # flagged, never expunged
         if gone:
             await self.store.write(lambda db: poll_sql.forget(db, name, folder, gone),
                                    durable=False)

@@ -249,6 +249,7 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 class ImapMailbox(Mailbox):
     """An IMAP connector's mailbox (R-I4, R-I5), TLS per R-C4."""
     source = "imap"
+    two_step_remove = True      # \Deleted, then (UID) EXPUNGE; keys() lists UNDELETED only
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

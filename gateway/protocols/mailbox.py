@@ -53,6 +53,10 @@ class Mailbox(abc.ABC):
     # True when the server never gives a key to another message (IMAP UIDs under one
     # UIDVALIDITY, Graph ids). POP3 UIDLs may be reused once a message is gone.
     stable_keys = True
+    # True when removing is two steps (IMAP: flag \Deleted, then EXPUNGE): a crash
+    # between them hides the message from keys() without removing it, so known keys
+    # missing from a listing are removed once more before they are forgotten.
+    two_step_remove = False
 
     def __init__(self, connector: Connector, credentials: Credentials, *,
                  timeout: float = DEFAULT_TIMEOUT):

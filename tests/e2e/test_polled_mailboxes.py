@@ -276,3 +276,26 @@ async def test_r_i4_pop3_session_dropped_before_quit_refetches_and_dedup_absorbs
     items = await restarted.store.read(
         lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
     assert items[0][0] == 1
+
+
+# -- R-C3 connector test, through the API ----------------------------------------------
+
+async def test_r_c3_connector_test_reports_the_servers_error_then_success(start_gateway,
+                                                                          dovecot):
+    import aiohttp
+    from tests.conftest import ADMIN_TOKEN
+    user = dovecot.new_user("probe")
+    gw = await polled_gateway(start_gateway, dovecot, user, password="wrong-password")
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gw.http_port}",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        async with http.post("/api/v1/connectors/mbox/test") as response:
+            failed = await response.json()
+        async with http.patch("/api/v1/connectors/mbox",
+                              json={"password": dovecot.password(user)}) as response:
+            assert response.status == 200, await response.text()
+        async with http.post("/api/v1/connectors/mbox/test") as response:
+            passed = await response.json()
+
+    assert failed["ok"] is False
+    assert "[AUTHENTICATIONFAILED] Authentication failed." in failed["detail"]
+    assert passed["ok"] is True and "INBOX" in passed["detail"]
