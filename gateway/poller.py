@@ -105,6 +105,9 @@ class Poller:
         self._task: asyncio.Task | None = None
         self._poll_now = asyncio.Event()
         self._started_rounds = 0
+        # Keys this process removed completely; any other known key that vanished from
+        # a listing may be flagged but not expunged (see two_step_remove).
+        self._removed: dict[str, set[str]] = {}
         self._waiters: list[tuple[int, asyncio.Future]] = []
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -204,6 +207,15 @@ class Poller:
             await self._emit("connector.poll_failed", error=error)
         return False
 
+    async def _remove_committed(self, mailbox: Mailbox, folder: str, keys: list[str],
+                                commit: asyncio.Task, result: RoundResult) -> None:
+        await commit                        # durable, keys included (R-I4); raises if not
+        result.fetched += len(keys)
+        result.folders[folder] += len(keys)
+        await mailbox.remove(folder, keys)
+        result.removed += len(keys)
+        self._removed.setdefault(folder, set()).update(keys)
+
     async def _emit(self, event_type: str, **data: object) -> None:
         """One event per change of health, so a host can alert (R-X1)."""
         async def work(db) -> None:
@@ -258,25 +270,36 @@ class Poller:
             if leftover and not self.connector.keep_on_server:
                 await mailbox.remove(folder, leftover)
                 result.removed += len(leftover)
-        fetched_here = 0
-        for start in range(0, len(new), self.batch):
-            fetched = await mailbox.fetch(folder, new[start:start + self.batch])
-            if not fetched:
-                continue
-            copies = [Copy(raw=f.raw, connector=name, source=mailbox.source,
-                           message_id=scan_message_id(f.raw), folder_path=folder,
-                           poll_key=f.key) for f in fetched]
-            await self.journal(copies)          # durable, keys included (R-I4)
-            await mailbox.remove(folder, [f.key for f in fetched])
-            fetched_here += len(fetched)
-            result.removed += len(fetched)
-        result.fetched += fetched_here
-        result.folders[folder] = fetched_here
+                self._removed.setdefault(folder, set()).update(leftover)
+        result.folders[folder] = 0
+        # Batch N's commit (an fsync on the writer's thread) overlaps the fetch of batch
+        # N+1; batch N is removed only once its commit has returned.
+        committing: tuple[list[str], asyncio.Task] | None = None
+        try:
+            for start in range(0, len(new), self.batch):
+                fetched = await mailbox.fetch(folder, new[start:start + self.batch])
+                if committing is not None:
+                    await self._remove_committed(mailbox, folder, *committing, result)
+                    committing = None
+                if fetched:
+                    copies = [Copy(raw=f.raw, connector=name, source=mailbox.source,
+                                   message_id=scan_message_id(f.raw), folder_path=folder,
+                                   poll_key=f.key) for f in fetched]
+                    committing = ([f.key for f in fetched],
+                                  asyncio.ensure_future(self.journal(copies)))
+            if committing is not None:
+                await self._remove_committed(mailbox, folder, *committing, result)
+                committing = None
+        finally:
+            if committing is not None:      # a fetch failed: let the commit finish, keep
+                await asyncio.gather(committing[1], return_exceptions=True)  # the mail
         on_server = set(present)
         gone = [k for k in known if k not in on_server and k != poll_sql.FIRST_POLL_MARK]
-        half_removed = [k for k in gone if known[k] is not None]
+        removed = self._removed.setdefault(folder, set())
+        half_removed = [k for k in gone if known[k] is not None and k not in removed]
         if half_removed and mailbox.two_step_remove and not self.connector.keep_on_server:
             await mailbox.remove(folder, half_removed)      # flagged, never expunged
+        removed.difference_update(gone)
         if gone:
             await self.store.write(lambda db: poll_sql.forget(db, name, folder, gone),
                                    durable=False)
