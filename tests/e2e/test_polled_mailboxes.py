@@ -299,3 +299,20 @@ async def test_r_c3_connector_test_reports_the_servers_error_then_success(start_
     assert failed["ok"] is False
     assert "[AUTHENTICATIONFAILED] Authentication failed." in failed["detail"]
     assert passed["ok"] is True and "INBOX" in passed["detail"]
+
+
+async def test_r_c4_disabled_verification_is_explicit_and_warned_at_start(start_gateway,
+                                                                          dovecot, caplog):
+    """tls_verify = false accepts a certificate from an unknown CA, and says so loudly."""
+    user = dovecot.new_user("noverify")
+    message = mail(to=(user,), subject="Over unverified TLS")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+    with caplog.at_level("WARNING", logger="mailgate.poller"):
+        gw = await polled_gateway(start_gateway, dovecot, user,
+                                  ca_file=dovecot.stranger_ca_file, tls_verify=False)
+        status = await poll(gw)
+    assert status.state == "ok", status.last_error
+    [copy] = await copies(gw, message)
+    assert copy.outcome == "created"
+    assert any("verification is DISABLED" in r.getMessage() and "R-C4" in r.getMessage()
+               for r in caplog.records)
