@@ -17,6 +17,7 @@ import asyncio
 import collections
 import json
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +30,8 @@ from gateway.model import Connector, Copy, EmailRecord
 log = logging.getLogger("mailgate.store")
 
 CommitObserver = Callable[[int, float, bool], None]  # copies, seconds, committed
+_MAX_IDS = ("SELECT (SELECT COALESCE(MAX(id), 0) FROM messages),"
+            " (SELECT COALESCE(MAX(id), 0) FROM emails)")
 
 
 class StoreError(Exception):
@@ -39,9 +42,11 @@ class StoreError(Exception):
 class _Job:
     future: asyncio.Future
     copies: list[Copy] | None = None
-    work: Callable[[aiosqlite.Connection], Awaitable[Any]] | None = None
+    # async work(aiosqlite connection), or with on_thread a plain work(sqlite3 connection)
+    work: Callable[[Any], Any] | None = None
     dry_run: bool = False
     durable: bool = True
+    on_thread: bool = False
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -117,9 +122,7 @@ class SqliteStore:
         """The single writer hands out row ids itself, so a batch needs no round trip
         per row to learn them; ids of a batch that failed are simply reused."""
         assert self._writer is not None
-        async with self._writer.execute(
-                "SELECT (SELECT COALESCE(MAX(id), 0) FROM messages),"
-                " (SELECT COALESCE(MAX(id), 0) FROM emails)") as cursor:
+        async with self._writer.execute(_MAX_IDS) as cursor:
             max_message, max_email = await cursor.fetchone()
         self._next_message_id, self._next_email_id = max_message + 1, max_email + 1
 
@@ -154,6 +157,18 @@ class SqliteStore:
         """
         future = asyncio.get_running_loop().create_future()
         return await self._submit(_Job(future, work=work, dry_run=dry_run, durable=durable))
+
+    async def write_sync(self, work: Callable[[sqlite3.Connection], Any], *,
+                         dry_run: bool = False, durable: bool = True) -> Any:
+        """As :meth:`write`, but ``work`` is a plain function of the sqlite3 connection and
+        runs on that connection's thread: the job, its commit and the row-id bookkeeping
+        are one hop, however many statements ``work`` runs (the pipeline's batches).
+
+        ``work`` blocks the writer for as long as it runs, as a :meth:`write` job does.
+        """
+        future = asyncio.get_running_loop().create_future()
+        return await self._submit(_Job(future, work=work, dry_run=dry_run, durable=durable,
+                                       on_thread=True))
 
     async def read(self, work: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
         """Run ``work`` on the reader connection (committed data only)."""
@@ -273,14 +288,19 @@ class SqliteStore:
         db = self._writer
         assert db is not None and job.work is not None
         try:
-            await self._set_sync(job.durable)
-            result = await job.work(db)
-            if job.dry_run:
-                await db.rollback()
+            if job.on_thread:
+                # aiosqlite's own execute() and commit() are built on _execute: a function
+                # run on its thread, one queue put and one future (no public API does it).
+                result = await db._execute(self._transaction, db._conn, job)
             else:
-                await db.commit()
-            # work may have added messages or emails (outgoing mail) with ids of its own
-            await self._reset_id_counters()
+                await self._set_sync(job.durable)
+                result = await job.work(db)
+                if job.dry_run:
+                    await db.rollback()
+                else:
+                    await db.commit()
+                # work may have added messages or emails (outgoing mail) with ids of its own
+                await self._reset_id_counters()
             if self.on_write is not None and not job.dry_run:
                 self.on_write()
         except Exception as exc:
@@ -290,6 +310,23 @@ class SqliteStore:
             return
         if not job.future.done():
             job.future.set_result(result)
+
+    def _transaction(self, conn: sqlite3.Connection, job: _Job) -> Any:
+        """A :meth:`write_sync` job, whole, on the connection's thread (the writer task
+        awaits it, so nothing else touches the connection or these counters meanwhile).
+        A failure propagates to :meth:`_run_work`, which rolls back."""
+        if self._sync_full != job.durable:
+            conn.execute(f"PRAGMA synchronous={'FULL' if job.durable else 'NORMAL'}")
+            self._sync_full = job.durable
+        result = job.work(conn)
+        if job.dry_run:
+            conn.rollback()
+        else:
+            conn.commit()
+        # work may have added messages or emails (outgoing mail) with ids of its own
+        max_message, max_email = conn.execute(_MAX_IDS).fetchone()
+        self._next_message_id, self._next_email_id = max_message + 1, max_email + 1
+        return result
 
     async def _reset_ids_quietly(self) -> None:
         try:

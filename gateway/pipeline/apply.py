@@ -31,20 +31,20 @@ class Apply:
             if ref is None or ref in done:
                 continue
             done.add(ref)
-            if await already_received(ctx, ref):
+            if already_received(ctx, ref):
                 skipped.append(ref)
                 continue
-            await self._append(mail, ctx, ref)
+            self._append(mail, ctx, ref)
             targets.append({"ref": ref, "action": "appended"})
         copy_from = next((r.copy_from for r in ctx.resolved if r.ref is None and r.copy_from),
                          None)
         for address, route in ctx.routed:
             target = address.lower()
-            if await already_received(ctx, target):
+            if already_received(ctx, target):
                 skipped.append(target)
                 continue
-            item = await self._create(mail, ctx, route, copy_from)
-            await remember(ctx, target)
+            item = self._create(mail, ctx, route, copy_from)
+            remember(ctx, target)
             targets.append({"ref": item.ref, "action": "created"})
         if skipped:
             ctx.note("already received: " + ", ".join(skipped))
@@ -53,31 +53,31 @@ class Apply:
         created = any(t["action"] == "created" for t in targets)
         return Verdict("created" if created else "appended", "", targets)
 
-    async def _append(self, mail: Mail, ctx: Context, ref: str) -> None:
+    def _append(self, mail: Mail, ctx: Context, ref: str) -> None:
         """R-E1..R-E3 (R-E5: auto-generated mail too)."""
         txn = ctx.txn
-        item = await txn.workitem(ref)
+        item = txn.workitem(ref)
         assert item is not None
-        parent = await txn.workitem(item.parent) if item.parent else None
+        parent = txn.workitem(item.parent) if item.parent else None
         applied = workitems.apply_email(item, parent)
         for changed in applied.items:
-            await txn.save_workitem(changed)
+            txn.save_workitem(changed)
         for change in applied.changes:
-            await txn.emit("workitem.state_changed", ref=change.ref, email_id=mail.email_id,
-                           old=change.old, new=change.new)
-        await txn.attach_email(ref, mail.email_id, "appended")
-        await txn.emit("email.appended", ref=ref, email_id=mail.email_id)
-        await remember(ctx, ref)
+            txn.emit("workitem.state_changed", ref=change.ref, email_id=mail.email_id,
+                     old=change.old, new=change.new)
+        txn.attach_email(ref, mail.email_id, "appended")
+        txn.emit("email.appended", ref=ref, email_id=mail.email_id)
+        remember(ctx, ref)
 
-    async def _create(self, mail: Mail, ctx: Context, route: Route,
-                      copy_from: str | None) -> WorkItem:
+    def _create(self, mail: Mail, ctx: Context, route: Route,
+                copy_from: str | None) -> WorkItem:
         """R-E4: a new item from routing: TO_DO, contacts = sender + CCs, mode from the route."""
         txn = ctx.txn
-        number = await txn.next_number()
+        number = txn.next_number()
         kind = route.target.kind if route.target.kind in ("Ticket", "Case") else "Ticket"
         contacts = _contacts(mail, ctx)
         automated = route.send_automated_emails and ctx.autogen_rule is None  # R-A4
-        closed = await txn.workitem(copy_from) if copy_from else None
+        closed = txn.workitem(copy_from) if copy_from else None
         effects = workitems.create(
             workitems.format_ref(number, kind), kind, str(uuid.uuid4()), ctx.connector.name,
             mode="test" if route.test_mode else "live", contacts=contacts,
@@ -86,26 +86,25 @@ class Apply:
         item.new_info = True
         if ctx.global_match and ctx.global_match != item.ref:
             item.linked = [ctx.global_match]
-        await txn.save_workitem(item)
+        txn.save_workitem(item)
         if item.copied_from:
-            await txn.copy_communications(item.copied_from, item.ref)
+            txn.copy_communications(item.copied_from, item.ref)
         if ctx.global_match:
-            other = await txn.workitem(ctx.global_match)
+            other = txn.workitem(ctx.global_match)
             if other is not None and item.ref not in other.linked:
-                await txn.save_workitem(dataclasses.replace(other,
-                                                            linked=[*other.linked, item.ref]))
-        await txn.attach_email(item.ref, mail.email_id, "created")
-        await txn.emit("workitem.created", ref=item.ref, email_id=mail.email_id,
-                       kind=item.kind, connector=item.connector, mode=item.mode,
-                       route=route.id, copied_from=item.copied_from)
-        await remember(ctx, item.ref)
+                txn.save_workitem(dataclasses.replace(other, linked=[*other.linked, item.ref]))
+        txn.attach_email(item.ref, mail.email_id, "created")
+        txn.emit("workitem.created", ref=item.ref, email_id=mail.email_id,
+                 kind=item.kind, connector=item.connector, mode=item.mode,
+                 route=route.id, copied_from=item.copied_from)
+        remember(ctx, item.ref)
         if automated:
-            await self._acknowledge(mail, ctx, item, route)
+            self._acknowledge(mail, ctx, item, route)
         elif route.send_automated_emails:
             ctx.note(f"no acknowledgement for {item.ref}: auto-generated ({ctx.autogen_rule})")
         return item
 
-    async def _acknowledge(self, mail: Mail, ctx: Context, item: WorkItem, route: Route) -> None:
+    def _acknowledge(self, mail: Mail, ctx: Context, item: WorkItem, route: Route) -> None:
         """R-O5 to the sender, and to CCs with ``ack_cc``; queued as automated mail (R-A3)."""
         if not mail.from_address:
             ctx.note(f"no acknowledgement for {item.ref}: no sender address")
@@ -119,7 +118,7 @@ class Apply:
         recipients = []
         for address in dict.fromkeys([mail.from_address, *cc]):
             why = never_automated(address)
-            if why is None and await ctx.txn.automated_sent_to(
+            if why is None and ctx.txn.automated_sent_to(
                     address, since=ctx.txn.now - 86400) >= ctx.settings.ack_budget_per_day:
                 why = f"its budget of {ctx.settings.ack_budget_per_day} automated mails a day"
             if why:
@@ -135,12 +134,12 @@ class Apply:
             domain=ctx.settings.message_id_domain, mode=ctx.settings.matching_mode,
             hide_plus_in_from=ctx.settings.hide_plus_in_from)
         raw = message.as_bytes()
-        email_id = await ctx.txn.store_outgoing(
+        email_id = ctx.txn.store_outgoing(
             raw, connector=ctx.connector.name, message_id=message_id,
             mail_from=ctx.connector.primary_address, rcpt_to=[*to, *cc],
             automated=True)
-        await ctx.txn.attach_email(item.ref, email_id, "sent")
-        await ctx.txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=True)
+        ctx.txn.attach_email(item.ref, email_id, "sent")
+        ctx.txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=True)
         ctx.note(f"acknowledgement queued as email {email_id}")
 
 

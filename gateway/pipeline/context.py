@@ -4,16 +4,20 @@ DESIGN "A stage": stages know nothing of transport, metrics or SQL dialects.
 They read through ``ctx.txn`` (domain methods, not SQL), record what they
 found on the context for the stages after them, and end the pipeline by
 returning a :class:`Verdict`.
+
+``ctx.txn`` is synchronous: the runner decides a batch on the writer connection's
+thread, in one hop, so a stage's ``run`` is a coroutine that never suspends, and
+the runner steps it to its end there (:func:`complete`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Coroutine, Protocol
 
 from gateway.directory import Directory
 from gateway.mail import Mail
 from gateway.model import Connector, Route, TraceLine
-from storage.txn import Txn
+from storage.txn import SyncTxn
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Context:
     connector: Connector
     directory: Directory
     settings: PipelineSettings
-    txn: Txn
+    txn: SyncTxn
     trace: list[TraceLine] = field(default_factory=list)
     # what the stages found, in pipeline order
     f1: str | None = None
@@ -76,7 +80,24 @@ class Context:
 
 
 class Stage(Protocol):
-    """DESIGN: small, typed, ignorant of transport, metrics and SQL dialects."""
+    """DESIGN: small, typed, ignorant of transport, metrics and SQL dialects. ``run`` must
+    not await anything that suspends: it runs on the writer's thread, without a loop."""
     name: str
 
     async def run(self, mail: Mail, ctx: Context) -> Verdict | None: ...
+
+
+def complete(step: Coroutine[Any, Any, Verdict | None]) -> Verdict | None:
+    """Run a stage's coroutine to its end, here and now.
+
+    Stages are coroutines (DESIGN "A stage"), but on the writer's thread nothing they
+    call suspends: the transaction they see is synchronous. A stage that awaited
+    something real would wait for a loop this thread does not run, so it fails loudly.
+    """
+    try:
+        step.send(None)
+    except StopIteration as done:
+        return done.value
+    step.close()
+    raise RuntimeError("a pipeline stage awaited something that suspends; stages run on the"
+                       " writer's thread, where only the synchronous transaction is available")

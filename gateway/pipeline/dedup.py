@@ -10,6 +10,7 @@ from __future__ import annotations
 from gateway.mail import Mail
 from gateway.pipeline import fingerprints
 from gateway.pipeline.context import Context, Verdict
+from storage.txn import SyncTxn
 
 
 class Dedup:
@@ -19,21 +20,21 @@ class Dedup:
         ctx.f1 = fingerprints.f1(mail.raw)
         ctx.fingerprints = (ctx.f1, "F2:" + fingerprints.f2(mail), "F3:" + fingerprints.f3(mail))
         since = ctx.txn.now - ctx.settings.dedup_window_days * 86400
-        earlier = await ctx.txn.f1_seen(ctx.connector.name, ctx.f1, mail.email_id or 0, since)
+        earlier = ctx.txn.f1_seen(ctx.connector.name, ctx.f1, mail.email_id or 0, since)
         if earlier is not None:
             return Verdict("duplicate", f"same_bytes_as_email_{earlier}")
         return None
 
 
-async def already_received(ctx: Context, target: str) -> bool:
+def already_received(ctx: Context, target: str) -> bool:
     """R-D2: did ``target`` (a ref, a route address or ``*``) get this content already?"""
-    return await ctx.txn.target_received(target, ctx.fingerprints)
+    return ctx.txn.target_received(target, ctx.fingerprints)
 
 
-async def remember(ctx: Context, target: str) -> None:
-    await ctx.txn.remember(target, ctx.fingerprints, ctx.mail.email_id or 0)
+def remember(ctx: Context, target: str) -> None:
+    ctx.txn.remember(target, ctx.fingerprints, ctx.mail.email_id or 0)
 
 
-async def prune(txn, window_days: int) -> int:
+def prune(txn: SyncTxn, window_days: int) -> int:
     """R-D4: forget fingerprints older than the window."""
-    return await txn.prune_fingerprints(txn.now - window_days * 86400)
+    return txn.prune_fingerprints(txn.now - window_days * 86400)

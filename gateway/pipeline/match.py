@@ -46,22 +46,22 @@ class Match:
         if mode in ("mixed", "plus_only"):
             hits += [MatchHit(ref, "plus_tag") for ref in ctx.tags]
         if mode == "plus_only":
-            hit = await self._thread_rule(mail, ctx, ctx.connector.name, incoming_only=True)
+            hit = self._thread_rule(mail, ctx, ctx.connector.name, incoming_only=True)
             if hit:
                 hits.append(hit)
         else:
-            hit = await standard_match(mail, ctx, ctx.connector.name)
+            hit = standard_match(mail, ctx, ctx.connector.name)
             if hit:
                 hits.append(hit)
         seen: set[str] = set()
         ctx.matches = [h for h in hits if not (h.ref in seen or seen.add(h.ref))]
         if not ctx.matches:
-            hit = await standard_match(mail, ctx, None)
+            hit = standard_match(mail, ctx, None)
             ctx.global_match = hit.ref if hit else None
             ctx.note("no match" + (f"; global match {hit.ref} ({hit.method})" if hit else ""))
             return None
         ctx.note(", ".join(f"{h.ref} by {h.method}" for h in ctx.matches))
-        await self._resolve(ctx)
+        self._resolve(ctx)
         return None
 
     @staticmethod
@@ -75,25 +75,25 @@ class Match:
         ctx.note("no visible address: wildcard routes only")
         return None
 
-    async def _thread_rule(self, mail: Mail, ctx: Context, connector: str, *,
-                           incoming_only: bool) -> MatchHit | None:
+    def _thread_rule(self, mail: Mail, ctx: Context, connector: str, *,
+                     incoming_only: bool) -> MatchHit | None:
         """R-M3: in plus_only, rule 1 against earlier incoming Message-IDs only."""
         chain = [("in_reply_to", m) for m in mail.in_reply_to]
         chain += [("references", m) for m in reversed(mail.references)]
         for method, message_id in chain:
-            for ref in await ctx.txn.placed_on(message_id, incoming_only=incoming_only):
-                item = await ctx.txn.workitem(ref)
+            for ref in ctx.txn.placed_on(message_id, incoming_only=incoming_only):
+                item = ctx.txn.workitem(ref)
                 if item and item.connector == connector:
                     return MatchHit(item.ref, method)
         return None
 
-    async def _resolve(self, ctx: Context) -> None:
+    def _resolve(self, ctx: Context) -> None:
         resolved: list[workitems.Resolution] = []
         for hit in ctx.matches:
-            item = await ctx.txn.workitem(hit.ref)
+            item = ctx.txn.workitem(hit.ref)
             if item is None:
                 continue
-            known = await _closure(ctx, item)
+            known = _closure(ctx, item)
             resolved += workitems.resolve_target(item, known.get)
         ctx.resolved = resolved
         paths = [" → ".join(r.path) for r in resolved if len(r.path) > 1]
@@ -101,15 +101,15 @@ class Match:
             ctx.note("resolved " + "; ".join(paths))
 
 
-async def standard_match(mail: Mail, ctx: Context, connector: str | None) -> MatchHit | None:
+def standard_match(mail: Mail, ctx: Context, connector: str | None) -> MatchHit | None:
     """R-M2 rules 1–4 in order; ``connector=None`` looks across connectors (R-M6)."""
-    for hit, item in await _candidates(mail, ctx):
+    for hit, item in _candidates(mail, ctx):
         if connector is None or item.connector == connector:
             return hit
     return None
 
 
-async def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
+def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
     """Every item rules 1–4 point at, in rule order; found once per copy, then filtered
     by connector (K first, then any connector for R-M6) without scanning the body again."""
     cached = getattr(ctx, "_match_candidates", None)
@@ -120,24 +120,24 @@ async def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem
     pattern = gateway_message_id(ctx.settings.message_id_domain)
     for message_id in mail.in_reply_to:
         gateway_id = pattern.fullmatch(message_id)
-        item = await txn.workitem_by_uuid(gateway_id.group(2)) if gateway_id else None
+        item = txn.workitem_by_uuid(gateway_id.group(2)) if gateway_id else None
         if item:
             found.append((MatchHit(item.ref, "gateway_message_id"), item))
     chain = [("in_reply_to", m) for m in mail.in_reply_to]
     chain += [("references", m) for m in reversed(mail.references)]
     for method, message_id in chain:
-        for ref in await txn.placed_on(message_id):
-            item = await txn.workitem(ref)
+        for ref in txn.placed_on(message_id):
+            item = txn.workitem(ref)
             if item:
                 found.append((MatchHit(item.ref, method), item))
     body = mail.text_body
     for uuid in dict.fromkeys(m.group(1) for m in BODY_TAG.finditer(body)):
-        item = await txn.workitem_by_uuid(uuid)
+        item = txn.workitem_by_uuid(uuid)
         if item:
             found.append((MatchHit(item.ref, "body_tag"), item))
     for method, text in (("subject_ref", mail.subject), ("body_ref", body)):
         for ref in dict.fromkeys(refs_in_text(text)):
-            item = await txn.workitem(ref)
+            item = txn.workitem(ref)
             if item:
                 found.append((MatchHit(item.ref, method), item))
     ctx._match_candidates = found
@@ -171,7 +171,7 @@ def refs_in_text(text: str) -> list[str]:
     return refs
 
 
-async def _closure(ctx: Context, item: WorkItem) -> dict[str, WorkItem]:
+def _closure(ctx: Context, item: WorkItem) -> dict[str, WorkItem]:
     """Every item R-M5 may walk to from ``item``, loaded up front for the pure resolver."""
     known = {item.ref: item}
     pending = [item]
@@ -180,7 +180,7 @@ async def _closure(ctx: Context, item: WorkItem) -> dict[str, WorkItem]:
         for ref in (*current.split_into, current.merged_into, current.converted_to,
                     current.parent):
             if ref and ref not in known:
-                found = await ctx.txn.workitem(ref)
+                found = ctx.txn.workitem(ref)
                 if found is not None:
                     known[ref] = found
                     pending.append(found)

@@ -83,7 +83,7 @@ class PlusAddress:
         found = []
         for tag in tags:
             ref = workitems.canonical_ref(tag)
-            item = await ctx.txn.workitem(ref) if ref else None
+            item = ctx.txn.workitem(ref) if ref else None
             if item is None:
                 ctx.note(f"unknown ref {tag} ignored")
                 continue

@@ -102,3 +102,53 @@ async def test_journal_after_close_is_refused(tmp_path):
     await s.close()
     with pytest.raises(StoreError):
         await s.journal([copy(b"x")])
+
+
+# -- write_sync: a synchronous job, its commit and the id bookkeeping in one hop --------
+
+async def test_write_sync_runs_on_the_connection_thread_and_commits(store):
+    import threading
+    loop_thread = threading.get_ident()
+
+    def work(conn: sqlite3.Connection) -> int:
+        assert threading.get_ident() != loop_thread       # never blocks the event loop
+        conn.execute("INSERT INTO settings (key, value, updated_at) VALUES ('k', '1', 0)")
+        return conn.execute("PRAGMA synchronous").fetchone()[0]
+
+    assert await store.write_sync(work, durable=False) == 1   # NORMAL: redoable work
+    assert await store.settings() == {"k": 1}                 # committed: the reader sees it
+    async with store._writer.execute("PRAGMA synchronous") as cursor:
+        assert (await cursor.fetchone())[0] == 1
+    await store.journal([copy(b"Subject: acked\r\n\r\n")])
+    async with store._writer.execute("PRAGMA synchronous") as cursor:
+        assert (await cursor.fetchone())[0] == 2              # FULL again for the journal
+
+
+async def test_write_sync_failure_rolls_back_and_raises(store):
+    def work(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO settings (key, value, updated_at) VALUES ('k', '1', 0)")
+        raise LookupError("no such thing")
+
+    with pytest.raises(LookupError):
+        await store.write_sync(work)
+    assert await store.settings() == {}
+    assert await store.write_sync(lambda conn: 42) == 42      # the writer goes on
+
+
+async def test_write_sync_dry_run_keeps_nothing(store):
+    def work(conn: sqlite3.Connection) -> str:
+        conn.execute("INSERT INTO settings (key, value, updated_at) VALUES ('k', '1', 0)")
+        return "seen"
+
+    assert await store.write_sync(work, dry_run=True) == "seen"
+    assert await store.settings() == {}
+
+
+async def test_journal_ids_continue_after_rows_a_write_sync_job_added(store):
+    from storage.txn import SyncTxn
+    [first] = await store.journal([copy(b"Subject: 1\r\n\r\n")])
+    sent = await store.write_sync(lambda conn: SyncTxn(conn).store_outgoing(
+        b"Subject: ack\r\n\r\n", connector="support", message_id="<a@x>",
+        mail_from="support@e.test", rcpt_to=["c@x.test"], automated=True))
+    [after] = await store.journal([copy(b"Subject: 2\r\n\r\n")])
+    assert first < sent < after
