@@ -196,6 +196,13 @@ async def test_r_i4_a_wrong_password_fails_the_poller_with_the_servers_words_and
         status.last_error
     metrics = gw.metrics.exposition().decode()
     assert 'mailgate_poller_up{connector="mbox",protocol="imap"} 0.0' in metrics
+    import aiohttp
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{gw.http_port}/readyz") as response:
+            ready = await response.json()
+    assert response.status == 200 and ready["ready"] is True   # LMTP still serves
+    detail = ready["checks"]["pollers"]["mbox"]
+    assert detail["state"] == "failing" and "Authentication failed" in detail["last_error"]
 
     await gw.directory_ops.update_connector("mbox", {"password": dovecot.password(user)},
                                             "admin")
