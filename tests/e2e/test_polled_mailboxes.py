@@ -323,3 +323,29 @@ async def test_r_c4_disabled_verification_is_explicit_and_warned_at_start(start_
     assert copy.outcome == "created"
     assert any("verification is DISABLED" in r.getMessage() and "R-C4" in r.getMessage()
                for r in caplog.records)
+
+
+async def test_r_i4_a_uidvalidity_change_refetches_and_dedup_makes_no_new_work_item(
+        start_gateway, dovecot):
+    """RFC 3501 §2.3.1.1: a new UIDVALIDITY voids every UID. The poller's keys no
+    longer match, so it fetches everything again; R-D1 ends those copies as
+    duplicates, and no work item is made twice."""
+    user = dovecot.new_user("uidv")
+    gw = await polled_gateway(start_gateway, dovecot, user, keep_on_server=True)
+    messages = [mail(to=(user,), subject=f"Kept {n}") for n in range(2)]
+    for message in messages:
+        await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+    await poll(gw)
+    maildir = dovecot.root / "home" / user / "Maildir"
+    for index in [maildir / "dovecot-uidlist", *maildir.glob("dovecot.index*")]:
+        index.unlink(missing_ok=True)           # Dovecot starts a new UIDVALIDITY
+
+    status = await poll(gw)
+
+    assert status.state == "ok", status.last_error
+    for message in messages:
+        assert sorted(c.outcome for c in await copies(gw, message)) == ["created",
+                                                                         "duplicate"]
+    items = await gw.store.read(
+        lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
+    assert items[0][0] == 2
