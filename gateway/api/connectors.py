@@ -14,6 +14,7 @@ polled connector whose last test failed needs ``"force": true`` in the PATCH bod
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 
@@ -27,6 +28,8 @@ from gateway.directory_file import (MAX_SECRET, POLL_CHECKS, connector_problems,
                                     credential_problems, implied_protocol, with_preset)
 from gateway.directory_ops import ConnectorEntry, DirectoryOps
 from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector
+
+POLL_WAIT = 120.0            # seconds a "poll now" request waits for its round
 
 MAX_PASSWORD = 50           # R-C1
 MAX_ALIASES = 100
@@ -244,12 +247,30 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         ok, detail, at = await connector_test.test_and_record(request.app[key].ops, entry)
         return web.json_response({"ok": ok, "detail": detail, "tested_at": at})
 
+    async def poll(request: web.Request) -> web.Response:
+        """R-I4 "poll now": run one round of the connector's poller and answer its status
+        (200 also when the round failed: ``state`` and ``last_error`` say how)."""
+        entry = await found(request)
+        if isinstance(entry, web.Response):
+            return entry
+        try:
+            status = await request.app[key].pollers.poll(entry.connector.name, POLL_WAIT)
+        except LookupError:
+            return api_error(409, "conflict", f"R-I4: connector {entry.connector.name!r} is "
+                             "not polled now (it must be enabled, incoming, and imap, pop3 "
+                             "or graph)", "name")
+        except asyncio.TimeoutError:
+            return api_error(504, "timeout", f"the round did not end within {POLL_WAIT:.0f} "
+                             "s; it goes on in the background (see /readyz)")
+        return web.json_response(status.as_json())
+
     router.add_get("/api/v1/connectors", list_all)
     router.add_post("/api/v1/connectors", create)
     router.add_get("/api/v1/connectors/{name}", one)
     router.add_patch("/api/v1/connectors/{name}", update)
     router.add_delete("/api/v1/connectors/{name}", delete)
     router.add_post("/api/v1/connectors/{name}/test", test)
+    router.add_post("/api/v1/connectors/{name}/poll", poll)
 
 
 def _updated(old: ConnectorEntry, body: dict

@@ -74,6 +74,12 @@ SCHEMAS = {
     "ConnectorTest": {**obj({"ok": BOOL, "detail": S, "tested_at": {"type": "number"}}),
                       "description": "R-C3: ok false means the MAILBOX failed (detail holds "
                                      "the server's own words), not the request"},
+    "PollerStatus": obj({
+        "connector": S, "protocol": S,
+        "state": {"type": "string", "enum": ["starting", "ok", "failing", "stopped"]},
+        "rounds": INT, "failures": INT, "last_error": NULLABLE_S,
+        "last_success_at": {"type": ["number", "null"]}, "last_round_fetched": INT,
+        "fetched_total": INT, "next_poll_at": {"type": ["number", "null"]}}),
     "Route": obj({
         "id": INT, "name": S, "connector": S, "email_address": S, "folder_path": S,
         "rules": obj({"important": {"type": ["boolean", "null"]}, "attachment_types": S,
@@ -181,6 +187,12 @@ def directory_paths(v1: str) -> dict:
                            ". Enabling an incoming connector whose last test failed then needs"
                            " \"force\": true (PATCH).",
             "responses": answer(ref("ConnectorTest"), description="the test ran")}},
+        f"{connector}/poll": {"post": {
+            "parameters": [NAME_PATH],
+            "description": "R-I4 poll now: run one round of the connector's poller and answer "
+                           "its status (200 also when the round failed: state and last_error "
+                           "say how). 409 when the connector is not polled now.",
+            "responses": answer(ref("PollerStatus"), description="the round ran")}},
         f"{connector}/routes": {
             "get": {"parameters": [NAME_PATH, query("q")],
                     "responses": answer(obj({"routes": {"type": "array",

@@ -349,3 +349,25 @@ async def test_r_i4_a_uidvalidity_change_refetches_and_dedup_makes_no_new_work_i
     items = await gw.store.read(
         lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
     assert items[0][0] == 2
+
+
+async def test_r_i4_poll_now_through_the_api_runs_a_round_and_answers_its_status(
+        start_gateway, dovecot):
+    import aiohttp
+    from tests.conftest import ADMIN_TOKEN
+    user = dovecot.new_user("now")
+    gw = await polled_gateway(start_gateway, dovecot, user)
+    await gw.add_connector(dovecot.connector(user="other@example.test", name="off",
+                                             enabled=False), username="x", password="y")
+    message = mail(to=(user,), subject="Poll me now")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{gw.http_port}",
+                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        async with http.post("/api/v1/connectors/mbox/poll") as response:
+            status, body = response.status, await response.json()
+        async with http.post("/api/v1/connectors/off/poll") as response:
+            refused, why = response.status, await response.json()
+
+    assert status == 200 and body["state"] == "ok" and body["fetched_total"] >= 1
+    assert await count(dovecot, user) == 0
+    assert refused == 409 and "R-I4" in why["error"]["message"]
