@@ -25,6 +25,7 @@ metrics, one event per failure spell), backs off exponentially and retries.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import time
@@ -77,6 +78,19 @@ class RoundResult:
     folders: dict[str, int] = field(default_factory=dict)
 
 
+def mailbox_scope(connector: Connector, credentials: Credentials) -> str:
+    """A short stable name of the mailbox a connector reads, prefixed to its stored
+    keys: re-pointing the connector (another host, login or shared mailbox) starts
+    afresh instead of trusting keys that belong to a different mailbox."""
+    parts = (connector.protocol, connector.host.lower(), str(connector.port),
+             (credentials.username or "").lower(), connector.shared_mailbox.lower())
+    if connector.protocol == "graph":
+        parts = (connector.protocol, connector.graph_base_url.rstrip("/").lower(),
+                 connector.tenant_id.lower(),
+                 (connector.shared_mailbox or connector.primary_address).lower())
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16] + ":"
+
+
 def backoff(failures: int, interval: int) -> float:
     """Seconds to wait after ``failures`` failed rounds in a row: doubling from the
     poll interval (at least MIN_BACKOFF), capped, with jitter so that many
@@ -102,6 +116,7 @@ class Poller:
         self.batch = batch
         self.observe = observe
         self.status = PollerStatus(connector.name, connector.protocol)
+        self.scope = mailbox_scope(connector, credentials)
         self._task: asyncio.Task | None = None
         self._poll_now = asyncio.Event()
         self._started_rounds = 0
@@ -245,18 +260,23 @@ class Poller:
         return result
 
     async def _poll_folder(self, mailbox: Mailbox, folder: str, result: RoundResult) -> None:
-        name = self.connector.name
+        name, scope = self.connector.name, self.scope
         present = await mailbox.keys(folder)
-        known = await self.store.read(lambda db: poll_sql.known(db, name, folder))
-        if poll_sql.FIRST_POLL_MARK not in known and self.connector.start_from == "now":
-            await self.store.write(lambda db: poll_sql.mark(db, name, folder, present,
+        known, polled_before, foreign = await self.store.read(
+            lambda db: poll_sql.known(db, name, folder, scope))
+        if foreign:     # keys of a mailbox this connector no longer points at
+            await self.store.write(lambda db: poll_sql.forget(db, name, folder, foreign),
+                                   durable=False)
+        if not polled_before and self.connector.start_from == "now":
+            await self.store.write(lambda db: poll_sql.mark(db, name, folder, scope, present,
                                                             time.time()))
             result.skipped += len(present)
             log.info("poller %s: %s first polled with start_from=now: %d message(s) left "
                      "as they are (R-B5)", name, folder, len(present))
             return
-        if poll_sql.FIRST_POLL_MARK not in known:
-            await self.store.write(lambda db: poll_sql.mark(db, name, folder, [], time.time()))
+        if not polled_before:
+            await self.store.write(lambda db: poll_sql.mark(db, name, folder, scope, [],
+                                                            time.time()))
         # Journaled before, still on the server: the delete of an earlier round did not
         # happen (crash, dropped session). With keys the server never reuses (IMAP
         # uidvalidity:uid, Graph ids) remove it now and never journal it again. A POP3
@@ -284,7 +304,7 @@ class Poller:
                 if fetched:
                     copies = [Copy(raw=f.raw, connector=name, source=mailbox.source,
                                    message_id=scan_message_id(f.raw), folder_path=folder,
-                                   poll_key=f.key) for f in fetched]
+                                   poll_key=scope + f.key) for f in fetched]
                     committing = ([f.key for f in fetched],
                                   asyncio.ensure_future(self.journal(copies)))
             if committing is not None:
@@ -294,12 +314,13 @@ class Poller:
             if committing is not None:      # a fetch failed: let the commit finish, keep
                 await asyncio.gather(committing[1], return_exceptions=True)  # the mail
         on_server = set(present)
-        gone = [k for k in known if k not in on_server and k != poll_sql.FIRST_POLL_MARK]
+        gone = [k for k in known if k not in on_server]
         removed = self._removed.setdefault(folder, set())
         half_removed = [k for k in gone if known[k] is not None and k not in removed]
         if half_removed and mailbox.two_step_remove and not self.connector.keep_on_server:
             await mailbox.remove(folder, half_removed)      # flagged, never expunged
         removed.difference_update(gone)
         if gone:
-            await self.store.write(lambda db: poll_sql.forget(db, name, folder, gone),
-                                   durable=False)
+            await self.store.write(
+                lambda db: poll_sql.forget(db, name, folder, [scope + k for k in gone]),
+                durable=False)

@@ -74,9 +74,9 @@ class CommitCheckingMailbox:
     async def remove(self, folder: str, keys: list[str]) -> None:
         def committed() -> dict:
             with sqlite3.connect(self.db_path) as db:
-                return dict(db.execute(
+                return {key.split(":", 1)[1]: email_id for key, email_id in db.execute(
                     "SELECT p.key, e.id FROM polled p JOIN emails e ON e.id = p.email_id"
-                    " WHERE p.folder = ?", (folder,)).fetchall())
+                    " WHERE p.folder = ?", (folder,)).fetchall()}    # without the scope
         found = await asyncio.to_thread(committed)
         self.seen.append((folder, list(keys), [k in found for k in keys]))
         await self.inner.remove(folder, keys)
@@ -371,3 +371,27 @@ async def test_r_i4_poll_now_through_the_api_runs_a_round_and_answers_its_status
     assert status == 200 and body["state"] == "ok" and body["fetched_total"] >= 1
     assert await count(dovecot, user) == 0
     assert refused == 409 and "R-I4" in why["error"]["message"]
+
+
+async def test_r_i4_a_connector_re_pointed_at_another_mailbox_fetches_all_of_it(
+        start_gateway, dovecot):
+    """Two mailboxes created together may share a UIDVALIDITY, so 'uidvalidity:uid'
+    alone does not say which mailbox a stored key came from. Keys are scoped to the
+    mailbox: after re-pointing, the new mailbox's mail is fetched, never taken for
+    the old one's and removed unread."""
+    first, second = dovecot.new_user("before"), dovecot.new_user("after")
+    old, new = mail(to=(first,), subject="Old box"), mail(to=(second,), subject="New box")
+    await asyncio.to_thread(dovecot.append, first, "INBOX", raw(old))
+    await asyncio.to_thread(dovecot.append, second, "INBOX", raw(new))
+    gw = await polled_gateway(start_gateway, dovecot, first, keep_on_server=True)
+    await poll(gw)
+    assert [c.outcome for c in await copies(gw, old)] == ["created"]
+
+    await gw.directory_ops.update_connector(
+        "mbox", {"username": second, "password": dovecot.password(second),
+                 "primary_address": second, "keep_on_server": False}, "admin")
+    status = await poll(gw)
+
+    assert status.state == "ok", status.last_error
+    assert [c.outcome for c in await copies(gw, new)] == ["created"]
+    assert await count(dovecot, second) == 0

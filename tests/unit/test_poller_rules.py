@@ -1,0 +1,31 @@
+"""The poller's pure rules: backoff after failures, and the scope of stored keys."""
+from __future__ import annotations
+
+import dataclasses
+
+from gateway.model import Connector
+from gateway.poller import MAX_BACKOFF, MIN_BACKOFF, backoff, mailbox_scope
+from gateway.protocols.mailbox import Credentials
+
+IMAP = Connector(name="desk", service="other", protocol="imap", primary_address="d@x.test",
+                 host="imap.x.test", port=993)
+LOGIN = Credentials(username="desk@x.test", password="pw")
+
+
+def test_r_i4_backoff_doubles_from_the_interval_and_is_capped():
+    for failures, low, high in ((1, 48, 60), (2, 96, 120), (3, 192, 240)):
+        assert low <= backoff(failures, 60) <= high
+    assert MAX_BACKOFF * 0.8 <= backoff(50, 60) <= MAX_BACKOFF
+    assert backoff(1, 1) >= MIN_BACKOFF * 0.8          # a 1 s interval still waits
+
+
+def test_r_i4_keys_are_scoped_to_the_mailbox_not_to_the_connector_name():
+    scope = mailbox_scope(IMAP, LOGIN)
+    assert scope == mailbox_scope(dataclasses.replace(IMAP, poll_interval=5), LOGIN)
+    assert scope == mailbox_scope(IMAP, Credentials(username="DESK@x.test", password="new"))
+    for other in (mailbox_scope(dataclasses.replace(IMAP, host="imap.y.test"), LOGIN),
+                  mailbox_scope(IMAP, Credentials(username="other@x.test")),
+                  mailbox_scope(dataclasses.replace(IMAP, shared_mailbox="team@x.test"),
+                                LOGIN),
+                  mailbox_scope(dataclasses.replace(IMAP, protocol="pop3"), LOGIN)):
+        assert other != scope
