@@ -63,6 +63,27 @@ async def _serve(settings: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+    reloading: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        """SIGHUP: re-read the directory from the database (after `mailgate directory
+        import`): RCPT checks, routes and pollers follow it, with no restart."""
+        try:
+            await gateway.reload_directory()
+        except Exception as exc:  # a reload must never take the gateway down
+            log.error("SIGHUP: directory reload failed: %s", exc)
+        else:
+            log.info("SIGHUP: directory reloaded: %d connector(s), %d poller(s) running",
+                     len(gateway.directory.connectors), len(gateway.pollers.running))
+
+    def on_reload() -> None:
+        if stopping or not gateway.pollers.started:
+            return
+        task = loop.create_task(reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_reload)
     from gateway.app import StartupError
     try:
         await gateway.start()
@@ -203,7 +224,7 @@ def cmd_directory(args: argparse.Namespace) -> int:
         print(f"{args.file}: imported {len(wanted.connectors)} connector(s), "
               f"{len(wanted.routes)} route(s), {len(wanted.contacts)} contact(s): the directory "
               "is now exactly this file (a running `mailgate serve` on this database uses it "
-              "after a restart)")
+              "after SIGHUP: systemctl reload mailgate, or kill -HUP <pid>)")
     return 0
 
 

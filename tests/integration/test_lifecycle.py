@@ -9,6 +9,7 @@ import smtplib
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -138,3 +139,36 @@ def test_kill_9_loses_no_acknowledged_message_and_stores_none_twice(serve, capsy
     # and the restarted gateway takes mail again
     with smtplib.LMTP("127.0.0.1", gw.lmtp_port) as client:
         client.sendmail("a@x.test", ["support@example.test"], message(message_id="<after@x>"))
+
+
+def test_sighup_reloads_the_directory_an_import_changed(serve, tmp_path):
+    """`mailgate directory import` beside a running gateway, then SIGHUP (systemctl
+    reload): the new connector's address is accepted at RCPT without a restart."""
+    gw = serve().write_config().start()
+    export = subprocess.run([sys.executable, "-m", "gateway", "directory", "export", "-",
+                             "--config", gw.config], capture_output=True, text=True, timeout=60)
+    assert export.returncode == 0, export.stderr
+    wanted = tmp_path / "directory.toml"
+    wanted.write_text(export.stdout + '\n[[connectors]]\nname = "billing"\n'
+                      'primary_address = "billing@example.test"\n'
+                      '\n[[routes]]\nconnector = "billing"\nname = "billing fallback"\n'
+                      'email_address = "billing@example.test"\norder = 1\nfallback = true\n')
+    imported = subprocess.run([sys.executable, "-m", "gateway", "directory", "import",
+                               str(wanted), "--config", gw.config],
+                              capture_output=True, text=True, timeout=60)
+    assert imported.returncode == 0, imported.stderr
+    assert "SIGHUP" in imported.stdout
+
+    def rcpt() -> int:
+        with smtplib.LMTP("127.0.0.1", gw.lmtp_port) as client:
+            client.ehlo("reload")
+            client.mail("carol@customer.test")
+            return client.rcpt("billing@example.test")[0]
+
+    assert rcpt() == 550                    # the running gateway has not looked yet
+    gw.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while rcpt() != 250 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rcpt() == 250
+    assert "SIGHUP: directory reloaded" in gw.log()
