@@ -30,7 +30,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 from gateway.intake import scan_message_id
 from gateway.model import Connector, Copy
@@ -89,6 +89,25 @@ def mailbox_scope(connector: Connector, credentials: Credentials) -> str:
                  connector.tenant_id.lower(),
                  (connector.shared_mailbox or connector.primary_address).lower())
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16] + ":"
+
+
+def batches(keys: list[str], size: int, large: set[str]) -> Iterator[list[str]]:
+    """``keys`` in order, ``size`` at a time, each large message in a batch of its own:
+    memory stays bounded by size x LARGE_MESSAGE plus one large message."""
+    batch: list[str] = []
+    for key in keys:
+        if key in large:
+            if batch:
+                yield batch
+                batch = []
+            yield [key]
+            continue
+        batch.append(key)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def backoff(failures: int, interval: int) -> float:
@@ -296,8 +315,8 @@ class Poller:
         # N+1; batch N is removed only once its commit has returned.
         committing: tuple[list[str], asyncio.Task] | None = None
         try:
-            for start in range(0, len(new), self.batch):
-                fetched = await mailbox.fetch(folder, new[start:start + self.batch])
+            for batch in batches(new, self.batch, mailbox.large):
+                fetched = await mailbox.fetch(folder, batch)
                 if committing is not None:
                     await self._remove_committed(mailbox, folder, *committing, result)
                     committing = None

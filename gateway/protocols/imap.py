@@ -39,7 +39,8 @@ from aioimaplib.aioimaplib import (AUTH, CRLF, NONAUTH, SELECTED, AioImapExcepti
                                    literal_data_re, quoted)
 
 from gateway.model import Connector
-from gateway.protocols.mailbox import Fetched, Mailbox, MailboxError, tls_context
+from gateway.protocols.mailbox import (LARGE_MESSAGE, Fetched, Mailbox, MailboxError,
+                                       tls_context)
 
 log = logging.getLogger("mailgate.imap")
 
@@ -415,6 +416,14 @@ class ImapMailbox(Mailbox):
             raise MailboxError(f"UID SEARCH {folder}: {_text(response)}")
         uids = sorted({int(token) for line in response.lines[:-1]
                        for token in bytes(line).split() if token.isdigit()})
+        self.large = set()
+        if uids:
+            response = await self._call(f"UID SEARCH {folder}", protocol.search(
+                "UNDELETED", "LARGER", str(LARGE_MESSAGE), charset=None, by_uid=True))
+            if response.result != "OK":
+                raise MailboxError(f"UID SEARCH {folder}: {_text(response)}")
+            self.large = {f"{uidvalidity}:{token.decode()}" for line in response.lines[:-1]
+                          for token in bytes(line).split() if token.isdigit()}
         return [f"{uidvalidity}:{uid}" for uid in uids]
 
     async def fetch(self, folder: str, keys: list[str]) -> list[Fetched]:

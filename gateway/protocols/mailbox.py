@@ -21,6 +21,9 @@ from gateway.model import Connector
 log = logging.getLogger("mailgate.mailbox")
 
 DEFAULT_TIMEOUT = 60.0
+# A message above this size is fetched alone, so that a batch holds at most about
+# batch x LARGE_MESSAGE bytes in memory, however large the mail in a mailbox is.
+LARGE_MESSAGE = 1024 * 1024
 
 
 class MailboxError(Exception):
@@ -63,6 +66,9 @@ class Mailbox(abc.ABC):
         self.connector = connector
         self.credentials = credentials
         self.timeout = timeout
+        # keys of messages over LARGE_MESSAGE, as far as the last keys() call could tell
+        # cheaply (IMAP SEARCH LARGER, POP3 LIST); the poller fetches them one by one
+        self.large: set[str] = set()
 
     async def __aenter__(self) -> "Mailbox":
         await self.open()

@@ -21,7 +21,8 @@ import socket
 from typing import Any, Callable
 
 from gateway.protocols.imap import login_name
-from gateway.protocols.mailbox import Fetched, Mailbox, MailboxError, tls_context
+from gateway.protocols.mailbox import (LARGE_MESSAGE, Fetched, Mailbox, MailboxError,
+                                       tls_context)
 
 log = logging.getLogger("mailgate.pop3")
 
@@ -183,6 +184,14 @@ class Pop3Mailbox(Mailbox):
             if number.isdigit() and uidl and uidl not in numbers:
                 numbers[uidl] = int(number)
         self._numbers = numbers
+        _, listing, _ = await self._run("LIST", client.list)
+        sizes = {}
+        for line in listing:
+            number, _, size = line.decode("ascii", "replace").strip().partition(" ")
+            if number.isdigit() and size.strip().isdigit():
+                sizes[int(number)] = int(size.strip())
+        self.large = {uidl for uidl, number in numbers.items()
+                      if sizes.get(number, 0) > LARGE_MESSAGE}
         return list(numbers)
 
     async def fetch(self, folder: str, keys: list[str]) -> list[Fetched]:

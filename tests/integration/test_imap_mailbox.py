@@ -332,3 +332,19 @@ async def test_r_i4_imap_dropped_session_raises_and_close_does_not(dovecot):
     await mb.close()                            # never raises
     async with mb:                              # the next round opens a new session
         assert await mb.keys("INBOX") == []
+
+
+async def test_r_i4_imap_and_pop3_name_the_large_messages_so_they_are_fetched_alone(dovecot):
+    from gateway.protocols.mailbox import LARGE_MESSAGE, open_mailbox
+    user = dovecot.new_user("big")
+    small = b"Subject: small\r\n\r\nhi\r\n"
+    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (LARGE_MESSAGE // 1000 + 10)
+    for raw in (small, big, small):
+        await asyncio.to_thread(dovecot.append, user, "INBOX", raw)
+    for protocol in ("imap", "pop3"):
+        async with open_mailbox(dovecot.connector(user, protocol=protocol),
+                                dovecot.credentials(user)) as mailbox:
+            keys = await mailbox.keys("INBOX")
+            assert mailbox.large == {keys[1]}, protocol
+            [fetched] = await mailbox.fetch("INBOX", [keys[1]])
+            assert fetched.raw == big

@@ -29,3 +29,11 @@ def test_r_i4_keys_are_scoped_to_the_mailbox_not_to_the_connector_name():
                                 LOGIN),
                   mailbox_scope(dataclasses.replace(IMAP, protocol="pop3"), LOGIN)):
         assert other != scope
+
+
+def test_r_i4_large_messages_are_fetched_alone_and_order_is_kept():
+    from gateway.poller import batches
+    keys = [str(n) for n in range(7)]
+    assert list(batches(keys, 3, set())) == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
+    assert list(batches(keys, 3, {"1", "5"})) == [["0"], ["1"], ["2", "3", "4"], ["5"],
+                                                  ["6"]]
