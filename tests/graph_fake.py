@@ -151,14 +151,19 @@ class FakeMessage:
     is_read: bool = False
     change_key: int = 1
 
-    def json(self, select: set[str] | None = None) -> dict:
+    def json(self, select: set[str] | None = None, expand: str = "") -> dict:
         full = {"@odata.etag": f'W/"CQAAABYAAAB{self.change_key:04d}"', "id": self.id,
                 "receivedDateTime": self.received.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "internetMessageId": self.internet_message_id, "subject": self.subject,
                 "parentFolderId": self.folder_id, "isRead": self.is_read}
-        if not select:
-            return full
-        return {k: v for k, v in full.items() if k in select or k in ("@odata.etag", "id")}
+        if select:
+            full = {k: v for k, v in full.items() if k in select or k in ("@odata.etag", "id")}
+        # $expand=singleValueExtendedProperties($filter=id eq 'Integer 0x0E08'): Graph
+        # answers the MAPI message size as a string, its id normalised to "Integer 0xe08".
+        if "singlevalueextendedproperties" in expand.lower() and "0x0e08" in expand.lower():
+            full["singleValueExtendedProperties"] = [{"id": "Integer 0xe08",
+                                                      "value": str(len(self.raw))}]
+        return full
 
 
 @dataclass
@@ -605,7 +610,8 @@ class GraphFake:
         inside = sorted((m for m in mailbox.messages.values() if m.folder_id == folder.id),
                         key=lambda m: m.received, reverse=newest_first)
         select = set(filter(None, request.query.get("$select", "").split(","))) or None
-        return self._page(request, inside, lambda m: m.json(select),
+        expand = request.query.get("$expand", "")
+        return self._page(request, inside, lambda m: m.json(select, expand),
                           f"users/{mailbox.id}/mailFolders/{folder.id}/messages")
 
     async def _get_message(self, request: web.Request) -> web.Response:

@@ -35,8 +35,8 @@ import requests
 import yarl
 
 from gateway.model import Connector
-from gateway.protocols.mailbox import (DEFAULT_TIMEOUT, Credentials, Fetched, Mailbox,
-                                       MailboxError, tls_context)
+from gateway.protocols.mailbox import (DEFAULT_TIMEOUT, LARGE_MESSAGE, Credentials, Fetched,
+                                       Mailbox, MailboxError, tls_context)
 
 log = logging.getLogger("mailgate.graph")
 
@@ -49,8 +49,13 @@ MAX_THROTTLE_RETRIES = 30         # also bounds a server that keeps saying "Retr
 BACKOFF_CAP = 60.0
 PFX_SUFFIXES = (".pfx", ".p12")
 # Graph's default message order is newest first; the poller wants oldest first.
+# PidTagMessageSize (0x0E08) as an extended property: Graph's message resource has no
+# size of its own, and the poller fetches large messages alone (LARGE_MESSAGE).
+SIZE_PROPERTY = "Integer 0x0E08"
 LIST_QUERY = (f"$select=id,internetMessageId,receivedDateTime&$top={PAGE_SIZE}"
-              "&$orderby=receivedDateTime")
+              "&$orderby=receivedDateTime"
+              "&$expand=singleValueExtendedProperties("
+              + quote(f"$filter=id eq '{SIZE_PROPERTY}'", safe="$=") + ")")
 _PRIVATE_KEY_PEM = re.compile(
     r"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.S)
 _CERTIFICATE_PEM = re.compile(
@@ -292,6 +297,7 @@ class GraphMailbox(Mailbox):
         messages = await self._all_items(url, missing_ok=True)
         if messages is None:
             return None
+        self.large = {m["id"] for m in messages if _size(m) > LARGE_MESSAGE}
         return list(dict.fromkeys(message["id"] for message in messages))
 
     async def _all_items(self, url: str, *, missing_ok: bool = False) -> list | None:
@@ -386,6 +392,17 @@ class GraphMailbox(Mailbox):
 
 
 # -- helpers --------------------------------------------------------------------------------
+
+def _size(message: dict) -> int:
+    """The message's PidTagMessageSize, or 0 when Graph did not send it."""
+    for prop in message.get("singleValueExtendedProperties") or ():
+        if str(prop.get("id", "")).lower() in ("integer 0xe08", "integer 0x0e08"):
+            try:
+                return int(prop.get("value", 0))
+            except (TypeError, ValueError):
+                return 0
+    return 0
+
 
 def _q(segment: str) -> str:
     return quote(segment, safe="")

@@ -353,3 +353,15 @@ async def test_r_i4_a_silent_graph_times_out(graph_fake):
         with pytest.raises(MailboxError, match="did not answer within 0.5 s"):
             await mailbox.keys("INBOX")
 
+
+
+async def test_r_i4_graph_names_large_messages_by_their_mapi_size(graph_fake):
+    from gateway.protocols.mailbox import LARGE_MESSAGE
+    small = graph_fake.add_message(b"Subject: small\r\n\r\nhi\r\n")
+    big = graph_fake.add_message(b"Subject: big\r\n\r\n" + b"x" * (LARGE_MESSAGE + 10))
+    mailbox = GraphMailbox(graph_fake.connector(), graph_fake.credentials())
+    async with mailbox:
+        keys = await mailbox.keys("Inbox")
+    assert set(keys) == {small, big} and mailbox.large == {big}
+    listed = [r for r in graph_fake.graph_requests if r.path.endswith("/messages")]
+    assert "singleValueExtendedProperties" in listed[0].query
