@@ -44,6 +44,7 @@ log = logging.getLogger("mailgate.poller")
 BATCH = 100                 # messages per fetch and per journal commit
 MAX_BACKOFF = 30 * 60       # seconds: a broken mailbox is retried at least this often
 MIN_BACKOFF = 5
+STOP_GRACE = 5.0            # seconds a stopping poller may spend logging out
 
 Journal = Callable[[list[Copy]], Awaitable[list[int]]]
 
@@ -156,6 +157,13 @@ class Poller:
         if self._task is None:
             return
         self._task.cancel()
+        # The cancelled round still says goodbye (IMAP LOGOUT, POP3 QUIT) on its way
+        # out; a server that does not answer gets STOP_GRACE seconds, then the door.
+        done, _ = await asyncio.wait({self._task}, timeout=STOP_GRACE)
+        if not done:
+            log.warning("poller %s: the server did not let go within %.0f s; closing",
+                        self.connector.name, STOP_GRACE)
+            self._task.cancel()
         try:
             await self._task
         except asyncio.CancelledError:

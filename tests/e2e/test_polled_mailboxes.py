@@ -395,3 +395,36 @@ async def test_r_i4_a_connector_re_pointed_at_another_mailbox_fetches_all_of_it(
     assert status.state == "ok", status.last_error
     assert [c.outcome for c in await copies(gw, new)] == ["created"]
     assert await count(dovecot, second) == 0
+
+
+async def test_r_i4_stopping_the_gateway_never_waits_on_a_server_gone_silent(start_gateway):
+    """A scripted IMAP server that logs the poller in, then never answers again. The
+    gateway's stop cancels the round, gives LOGOUT a short grace and leaves: a drain
+    is never held up by a remote mailbox."""
+    async def silent_after_login(reader, writer):
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+        while line := await reader.readline():
+            tag, _, command = line.decode().partition(" ")
+            if command.upper().startswith(("CAPABILITY", "LOGIN")):
+                writer.write(f"* CAPABILITY IMAP4rev1\r\n{tag} OK done\r\n".encode())
+            # anything else: no answer, ever
+        writer.close()
+
+    server = await asyncio.start_server(silent_after_login, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    gw = await start_gateway(connectors=[])
+    from gateway.model import Connector
+    await gw.add_connector(Connector(name="mute", service="other", protocol="imap",
+                                     primary_address="mute@example.test", host="127.0.0.1",
+                                     port=port, tls="none", poll_interval=3600),
+                           username="u", password="p")
+    poller = gw.pollers.get("mute")
+    for _ in range(200):                       # until the round waits on SELECT
+        await asyncio.sleep(0.01)
+        if poller.status.rounds:
+            break
+    await asyncio.sleep(0.3)
+    started = asyncio.get_running_loop().time()
+    await gw.stop()
+    assert asyncio.get_running_loop().time() - started < 10
+    server.close()
