@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from gateway.config import OutboundSection
 from gateway.directory import normalize_address
+from gateway.protocols.mailbox import tls_context
 from gateway.worker import Worker
 from storage import directory_sql, outbound_sql
 from storage.sqlite import SqliteStore
@@ -42,6 +43,11 @@ class Relay(NamedTuple):
     username: str
     password: str
     name: str
+    # a connector's own trust (R-C4: its ca_file, its explicit tls_verify), else None
+    # for the default gateway's context
+    tls_context: ssl.SSLContext | None = None
+
+
 BATCH = 20
 
 
@@ -102,7 +108,9 @@ class Delivery(Worker):
                     and connector.direction in ("outgoing", "both")):
                 continue
             relay = Relay(connector.smtp_host, connector.smtp_port, connector.smtp_tls,
-                          username or "", password or "", f"connector {connector.name}")
+                          username or "", password or "", f"connector {connector.name}",
+                          tls_context(connector)
+                          if connector.ca_file or not connector.tls_verify else None)
             for address in connector.addresses():
                 relays.setdefault(normalize_address(address), relay)
         return relays
@@ -124,7 +132,8 @@ class Delivery(Worker):
                 raw, sender=mail["mail_from"], recipients=mail["rcpt_to"],
                 hostname=relay.host, port=relay.port, timeout=gateway.timeout,
                 use_tls=relay.tls == "implicit", start_tls=relay.tls == "starttls",
-                tls_context=self._tls_context if relay.tls != "none" else None,
+                tls_context=(relay.tls_context or self._tls_context)
+                if relay.tls != "none" else None,
                 username=relay.username or None, password=relay.password or None)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
