@@ -271,3 +271,40 @@ async def test_r_o1_mail_without_a_relay_fails_naming_the_rule(start_gateway, si
     assert [m["Subject"] for m in sink.messages()] == ["[1-T] Has a relay"]
     failed = [e for e in await gw.store.events(0, 100) if e["type"] == "outbound.failed"]
     assert [(e["ref"], e["data"]["error"][:5]) for e in failed] == [("2-T", "R-O1:")]
+
+
+async def test_r_c4_a_polled_connectors_own_relay_is_verified_against_its_own_ca_file(
+        start_gateway, tmp_path, sink):
+    """A polled connector's ca_file is trusted for its mailbox AND its smtp_host: the
+    default gateway knows nothing of that CA, the connector's relay still verifies."""
+    import ssl
+
+    import trustme
+    from gateway.model import Connector
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    ca.cert_pem.write_to_path(str(tmp_path / "provider-ca.pem"))
+    port = free_port()
+    provider = Sink(port)
+    provider.controller = Controller(
+        provider, hostname="127.0.0.1", port=port, ssl_context=server_tls,
+        auth_required=True, auth_require_tls=False,
+        authenticator=lambda *a: AuthResult(success=a[4].password == b"box-secret"))
+    provider.start()
+    try:
+        gw = await start_gateway(connectors=[], outbound=outbound(sink.port))
+        await gw.add_connector(Connector(
+            name="desk", service="other", protocol="imap", direction="both",
+            primary_address="desk@corp.test", host="127.0.0.1", port=free_port(),
+            poll_interval=3600, smtp_host="127.0.0.1", smtp_port=port, smtp_tls="implicit",
+            ca_file=str(tmp_path / "provider-ca.pem")),
+            username="desk@corp.test", password="box-secret")
+        item = await gw.create_workitem(kind="Ticket", connector="desk")
+        await gw.send_email(item.ref, to=["carol@customer.test"], subject="Verified",
+                            body="Sent through the provider's own relay.")
+        await gw.delivery.drain(15)
+    finally:
+        provider.stop()
+    assert [m["Subject"] for m in provider.messages()] == ["Verified"]
+    assert sink.messages() == []
