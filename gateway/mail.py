@@ -5,7 +5,7 @@ the sent-ID check (R-S1) reads one header, dedup (R-D1) the text body and attach
 routing (R-R2) a few headers. Headers come from a small splitter that follows the stdlib
 feed parser's line rules, and only the fields a stage asks for are decoded; the body views
 run the email package with ``compat32``. ``policy.default`` header objects cost ~16% of a
-message's CPU and go quadratic on crafted headers (notes/reliability A12), so the strict
+message's CPU and go quadratic on crafted headers, so the strict
 headerregistry parser is used only for address headers a fast path cannot read (A7).
 
 Hostile input never raises (A11-A13). An oversized or over-long header block, deep MIME

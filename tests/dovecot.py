@@ -3,8 +3,8 @@
 Why a real server: the pollers must survive what a real IMAP/POP3 server does
 (greeting, capabilities after STARTTLS and LOGIN, UIDVALIDITY, UIDPLUS, POP3's
 UPDATE state, exact error texts, certificate checks) and a fake would only echo
-our own assumptions.  Recipe: shared notes, ecosystem.md 5.1 (rootless Dovecot;
-as root it runs as uid 65534 through ``setpriv``).
+our own assumptions.  Dovecot runs rootless (as root, it runs as uid 65534
+through ``setpriv``).
 
 One instance = one temp dir holding config, users, logs, TLS files and every
 user's Maildir, and four listeners on 127.0.0.1: IMAP (plain and STARTTLS),

@@ -1,7 +1,7 @@
 """A local fake of Microsoft Graph mail and the identity platform's token endpoint (R-I6).
 
 Why a fake: there is no offline Graph, and the poller must be tested against what
-Graph really does (shapes from notes/ecosystem.md §2): ``@odata.nextLink`` paging
+Graph really does (the shapes of the Graph v1.0 reference): ``@odata.nextLink`` paging
 with an absolute URL the client must follow verbatim, newest-first order unless
 ``$orderby`` says otherwise, 429/503 with ``Retry-After``, 401 for an expired or
 revoked token, ``DELETE`` moving a message to Deleted Items, errors shaped

@@ -1,7 +1,7 @@
 """Polling an IMAP mailbox (R-I4, R-I5) with aioimaplib.
 
 A message's key is ``"<uidvalidity>:<uid>"``: RFC 3501 section 2.3.1.1 makes the
-pair the only identity that survives sessions (notes/reliability.md A15). Keys of
+pair the only identity that survives sessions. Keys of
 another UIDVALIDITY are never fetched or removed, since their UIDs may now name
 other messages; the poller's dedup (R-D1) absorbs the resync that follows.
 

@@ -6,8 +6,8 @@ POP3 is small and blocking, so poplib does it and every call runs in
 :class:`MailboxError`.
 
 Keys are UIDL values, which RFC 1939 says persist across sessions; message
-numbers do not, so the UIDL -> number map lives only for one session
-(notes/reliability.md A16). DELE takes effect only when QUIT ends the session in
+numbers do not, so the UIDL -> number map lives only for one session.
+DELE takes effect only when QUIT ends the session in
 the UPDATE state: :meth:`Pop3Mailbox.close` sends QUIT, and a session that drops
 before it deletes nothing, so the next round fetches those messages again and
 dedup (R-D1) absorbs them. POP3 has one folder, INBOX.

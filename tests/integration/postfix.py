@@ -3,8 +3,7 @@
 Why: the gateway must behave as the real MTA in front of it expects (one LMTP
 reply per recipient, 4xx = keep and retry, 5xx = bounce); fakes cannot prove
 that.  So tests inject mail into a private Postfix (config, queue and log in one
-temp dir) delivering to 127.0.0.1:<lmtp_port>.  Recipe: shared notes,
-ecosystem.md 5.2.  Needs root ("postfix start" is superuser-only) and Debian's
+temp dir) delivering to 127.0.0.1:<lmtp_port>.  Needs root ("postfix start" is superuser-only) and Debian's
 postfix package.  All methods block: from an async test whose LMTP server runs
 in the same event loop, call them via ``await asyncio.to_thread(...)``.
 """

@@ -1,5 +1,5 @@
-"""Mail: the lazily parsed view of one copy (DESIGN "A stage"); guards from
-notes/reliability A7 (address confusion), A11 (MIME bombs), A12 (huge headers), A13 (8-bit)."""
+"""Mail: the lazily parsed view of one copy (DESIGN "A stage"); guards against
+address confusion, MIME bombs, huge headers and 8-bit headers."""
 from __future__ import annotations
 
 import hashlib
