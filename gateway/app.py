@@ -172,12 +172,12 @@ class Gateway:
         demo = not seeds and self.settings.source == "<embedded default>"
         if demo:
             seeds = [(DEMO_CONNECTOR, None, None, {})]
-        for connector, username, password, secrets in seeds:
+        for connector, username, password, login_secrets in seeds:
             own_fallback = any(r.fallback and r.connector == connector.name
                                for r in self.settings.directory.routes)
             await self.ops.add_connector(connector, send_automated_emails=demo,
                                          with_fallback=not own_fallback, username=username,
-                                         password=password, secrets=secrets)
+                                         password=password, secrets=login_secrets)
             log.info("directory: created connector %r <%s> from %s", connector.name,
                      connector.primary_address, self.settings.source)
             for seed in self.settings.directory.routes:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway import presets
-from gateway.directory_file import (POLL_CHECKS, connector_problems, credential_problems,
-                                    implied_protocol, with_preset)
+from gateway.connector_checks import (POLL_CHECKS, connector_problems, credential_problems,
+                                      implied_protocol, with_preset)
 from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector
 
 

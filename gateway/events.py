@@ -8,7 +8,6 @@ same order, and never an event whose change was rolled back.
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from typing import Any, Awaitable, Callable

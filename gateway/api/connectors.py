@@ -24,8 +24,8 @@ from gateway import connector_test, presets
 from gateway.api.body import (ADDRESS, BOOL, Check, actor, directory_errors, json_object,
                               optional, shape_error, text)
 from gateway.api.errors import api_error
-from gateway.directory_file import (MAX_SECRET, POLL_CHECKS, connector_problems,
-                                    credential_problems, implied_protocol, with_preset)
+from gateway.connector_checks import (MAX_SECRET, POLL_CHECKS, connector_problems,
+                                      credential_problems, implied_protocol, with_preset)
 from gateway.directory_ops import ConnectorEntry, DirectoryOps
 from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector
 
