@@ -49,6 +49,23 @@ class _Client:
                     part.close()
             raise
 
+    def retr_pipelined(self, numbers: list[int]) -> list[list[bytes] | None]:
+        """RFC 2449 PIPELINING: send every RETR at once, then read the replies in
+        order; None for a message the server refused (deleted meanwhile). One round
+        trip per batch instead of one per message."""
+        self.sock.sendall(b"".join(b"RETR %d\r\n" % number for number in numbers))
+        replies: list[list[bytes] | None] = []
+        for _ in numbers:
+            try:
+                _, lines, _ = self._getlongresp()       # type: ignore[attr-defined]
+            except poplib.error_proto as e:
+                if _server_text(e) == CLOSED:
+                    raise
+                replies.append(None)
+                continue
+            replies.append(lines)
+        return replies
+
     def _getline(self) -> tuple[bytes, int]:
         line = self.file.readline(MAX_LINE + 1)
         if len(line) > MAX_LINE:
@@ -144,6 +161,10 @@ class Pop3Mailbox(Mailbox):
                 client.stls(tls_context(c))
             client.user(login_name(c, self.credentials.username or ""))
             client.pass_(self.credentials.password or "")
+            try:
+                client.pipelining = "PIPELINING" in client.capa()
+            except poplib.error_proto:              # no CAPA (RFC 1939 only)
+                client.pipelining = False
         except BaseException:
             _close(client)
             raise
@@ -200,15 +221,20 @@ class Pop3Mailbox(Mailbox):
                   if key in self._numbers]
 
         def retrieve() -> list[Fetched]:
-            fetched = []
-            for key, number in wanted:
-                try:
-                    _, lines, _ = client.retr(number)
-                except poplib.error_proto:      # deleted meanwhile: left out
-                    continue
-                # poplib strips each line's CRLF and undoes dot-stuffing.
-                fetched.append(Fetched(key, b"\r\n".join(lines) + b"\r\n" if lines else b""))
-            return fetched
+            if getattr(client, "pipelining", False):
+                replies = client.retr_pipelined([number for _, number in wanted])
+            else:
+                replies = []
+                for _, number in wanted:
+                    try:
+                        replies.append(client.retr(number)[1])
+                    except poplib.error_proto as e:     # deleted meanwhile: left out
+                        if _server_text(e) == CLOSED:
+                            raise
+                        replies.append(None)
+            # poplib strips each line's CRLF and undoes dot-stuffing.
+            return [Fetched(key, b"\r\n".join(lines) + b"\r\n" if lines else b"")
+                    for (key, _), lines in zip(wanted, replies) if lines is not None]
 
         return await self._run("RETR", retrieve)
 

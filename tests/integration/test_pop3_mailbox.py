@@ -203,3 +203,21 @@ async def test_r_i4_pop3_calls_before_open_raise_mailbox_error():
                           protocol="pop3", host="127.0.0.1", port=1, tls="none")
     with pytest.raises(MailboxError, match="not open"):
         await Pop3Mailbox(connector, Credentials("u", "p")).keys("INBOX")
+
+
+async def test_r_i4_pop3_pipelined_and_one_by_one_retr_give_the_same_bytes(dovecot):
+    """Dovecot announces PIPELINING (RFC 2449), so a batch's RETRs go out at once; a
+    server without it gets them one by one. Both read dot-stuffing and a message
+    deleted meanwhile the same way."""
+    user = dovecot.new_user()
+    raws = [message(1), message(2, TRICKY), message(3)]
+    await seed(dovecot, user, raws)
+    results = {}
+    for pipelining in (True, False):
+        async with mailbox(dovecot, user) as mb:
+            assert mb._client.pipelining is True         # what Dovecot's CAPA says
+            mb._client.pipelining = pipelining
+            keys = await mb.keys("INBOX")
+            results[pipelining] = [f.raw for f in await mb.fetch("INBOX", keys)]
+            mb.abort()                                   # no QUIT: nothing deleted
+    assert results[True] == results[False] == raws
