@@ -378,7 +378,10 @@ class DovecotInstance:
         stamp, pid, count = int(time.time()), os.getpid(), 0
         for raw in messages:
             n = next(self._seeded)
-            name = f"{stamp}.M{n}P{pid}Q{n}.seed,S={len(raw)}:2,"
+            # Fixed-width numbers: with names of mixed widths (M9999 beside M10001)
+            # Dovecot 2.3's Maildir sync took 0.1 s per sync, for the bench's
+            # ceiling and its mailgate runs alike.
+            name = f"{stamp}.M{n:08d}P{pid}Q{n:08d}.seed,S={len(raw)}:2,"
             path = maildir / "tmp" / name
             path.write_bytes(raw)
             os.chown(path, self.uid, self.gid)
