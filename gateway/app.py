@@ -196,7 +196,7 @@ class Gateway:
 
     async def _sync_pollers(self) -> None:
         """Pollers follow the directory: started, restarted or stopped per connector."""
-        await self.pollers.sync(await self.store.read(directory_sql.connectors))
+        await self.pollers.sync(lambda: self.store.read(directory_sql.connectors))
 
     @property
     def addresses(self) -> AddressBook:

@@ -6,8 +6,9 @@ settings or login changed, and stops when the connector is disabled or deleted.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 from gateway.model import Connector
 from gateway.poller import Journal, Poller, PollerStatus
@@ -45,9 +46,18 @@ class Pollers:
         self.timeout = timeout
         self.running: dict[str, tuple[Row, Poller]] = {}
         self.started = False
+        # Two directory changes at once (two API calls) must not both replace a poller:
+        # the loser's poller would poll on, unseen, beside the winner's.
+        self._syncing = asyncio.Lock()
 
-    async def sync(self, rows: list[Row]) -> None:
-        """Start, restart and stop pollers to match ``rows`` (the whole directory)."""
+    async def sync(self, load: Callable[[], Awaitable[list[Row]]]) -> None:
+        """Start, restart and stop pollers to match the directory ``load()`` returns.
+        The directory is read under the lock, so the last sync always applies the
+        newest directory."""
+        async with self._syncing:
+            await self._sync(await load())
+
+    async def _sync(self, rows: list[Row]) -> None:
         wanted = {row[0].name: row for row in rows if wants_poller(row[0])}
         carried: dict[str, PollerStatus] = {}
         for name in list(self.running):
@@ -103,6 +113,7 @@ class Pollers:
         return {name: poller.status.as_json() for name, (_, poller) in self.running.items()}
 
     async def stop(self) -> None:
-        for name in list(self.running):
-            _, poller = self.running.pop(name)
-            await poller.stop()
+        async with self._syncing:
+            for name in list(self.running):
+                _, poller = self.running.pop(name)
+                await poller.stop()

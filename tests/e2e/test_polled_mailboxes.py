@@ -14,6 +14,7 @@ import pytest
 
 from gateway.model import Route, RouteTarget
 from gateway.protocols.mailbox import open_mailbox
+from storage import directory_sql
 from tests.dovecot import DovecotInstance, dovecot  # noqa: F401  (the fixture)
 from tests.e2e.helpers import WIRE, mail
 
@@ -428,3 +429,34 @@ async def test_r_i4_stopping_the_gateway_never_waits_on_a_server_gone_silent(sta
     await gw.stop()
     assert asyncio.get_running_loop().time() - started < 10
     server.close()
+
+
+async def test_r_i4_concurrent_directory_changes_leave_one_poller_per_connector(
+        start_gateway, dovecot):
+    """Directory changes that land together each resync the pollers; the mailbox must
+    still end up with exactly one poller, running the last settings applied."""
+    import dataclasses
+
+    class SlowToList(CommitCheckingMailbox):
+        """Keeps every poller busy inside a round, so stopping one takes a while."""
+        async def keys(self, folder):
+            await asyncio.sleep(0.05)
+            return await self.inner.keys(folder)
+
+    user = dovecot.new_user("race")
+    gw = await polled_gateway(
+        start_gateway, dovecot, user,
+        factory=lambda c, creds: SlowToList(open_mailbox(c, creds), "", []))
+    [row] = [r for r in await gw.store.read(directory_sql.connectors) if r[0].name == "mbox"]
+
+    async def directory_with(interval: int) -> list:
+        return [(dataclasses.replace(row[0], poll_interval=interval), *row[1:])]
+
+    for attempt in range(3):
+        await asyncio.sleep(0.01)                       # pollers inside their round
+        await asyncio.gather(*(gw.pollers.sync(lambda n=n: directory_with(n))
+                               for n in range(100, 106)))
+        tasks = [t for t in asyncio.all_tasks()
+                 if t.get_name() == "poller:mbox" and not t.done()]
+        assert len(tasks) == 1, f"{len(tasks)} pollers for one mailbox"
+        assert gw.pollers.get("mbox").connector.poll_interval == 105
