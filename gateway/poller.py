@@ -171,6 +171,10 @@ class Poller:
         self._task = None
         self.status.state = "stopped"
         self.status.next_poll_at = None
+        for _, future in self._waiters:        # "poll now" callers learn it stopped
+            if not future.done():
+                future.set_result(self.status)
+        self._waiters = []
 
     def poll_now(self) -> None:
         """Start the next round at once instead of after the interval."""

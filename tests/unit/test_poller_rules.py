@@ -37,3 +37,44 @@ def test_r_i4_large_messages_are_fetched_alone_and_order_is_kept():
     assert list(batches(keys, 3, set())) == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
     assert list(batches(keys, 3, {"1", "5"})) == [["0"], ["1"], ["2", "3", "4"], ["5"],
                                                   ["6"]]
+
+
+async def test_r_i4_a_poll_now_waiting_on_a_stopped_poller_is_answered_at_once(tmp_path):
+    """A "poll now" that was waiting when its poller stopped (the connector changed or
+    was disabled) is answered with the stopped status, not left to time out."""
+    import asyncio
+
+    from gateway.poller import Poller
+    from gateway.protocols.mailbox import Mailbox
+    from storage.sqlite import SqliteStore
+
+    class Stuck(Mailbox):
+        source = "imap"
+
+        async def open(self):
+            await asyncio.Event().wait()        # a round that never ends
+
+        async def keys(self, folder):
+            return []
+
+        async def fetch(self, folder, keys):
+            return []
+
+        async def remove(self, folder, keys):
+            pass
+
+        async def close(self):
+            pass
+
+    store = SqliteStore(str(tmp_path / "db"))
+    await store.open()
+    try:
+        poller = Poller(store, IMAP, LOGIN, store.journal, mailbox=Stuck(IMAP, LOGIN))
+        poller.start()
+        waiting = asyncio.ensure_future(poller.poll(timeout=30))
+        await asyncio.sleep(0.05)
+        await poller.stop()
+        status = await asyncio.wait_for(waiting, 1)
+        assert status.state == "stopped"
+    finally:
+        await store.close()
