@@ -1,6 +1,7 @@
 """Fixtures shared by unit and integration tests: settings, a running gateway, clients."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
 from pathlib import Path
@@ -10,6 +11,9 @@ import pytest
 from gateway.app import Gateway
 from gateway.config import (BootstrapConnector, DirectorySection, HttpSection, LmtpSection,
                             Settings, SmtpSection, StorageSection)
+# the real peers' fixtures, for every module: a throwaway Dovecot, the fake Graph
+from tests.dovecot import dovecot  # noqa: F401
+from tests.graph_fake import graph_fake  # noqa: F401
 
 ADMIN_TOKEN = "test-admin-token"
 
@@ -85,3 +89,27 @@ async def run_sql(path, *statements: str) -> list:
 
 FAIL_EMAIL_INSERTS = ("CREATE TRIGGER fail BEFORE INSERT ON emails "
                       "BEGIN SELECT RAISE(ABORT, 'simulated disk failure'); END")
+
+
+class _Silent(asyncio.Protocol):
+    """Keeps every connection open and never writes."""
+
+    def __init__(self, held: list) -> None:
+        self.held = held
+
+    def connection_made(self, transport) -> None:
+        self.held.append(transport)
+
+
+@pytest.fixture
+async def silent_server():
+    """The port of a server that accepts TCP connections and never sends a byte: a
+    mailbox client must end in an error within its timeout, never hang (R-I4)."""
+    held: list = []
+    server = await asyncio.get_running_loop().create_server(
+        lambda: _Silent(held), "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    for transport in held:
+        transport.close()
+    server.close()
+    await server.wait_closed()

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.model import Route, RouteTarget
 from tests.e2e.helpers import WIRE, mail
-from tests.graph_fake import MAILBOX, SECRET, GraphFake, graph_fake  # noqa: F401
+from tests.graph_fake import MAILBOX, SECRET, GraphFake
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,8 +14,7 @@ import time
 import pytest
 
 from tests.e2e.helpers import WIRE, mail
-from tests.graph_fake import (CLIENT_ID, MAILBOX, graph_fake,  # noqa: F401
-                              make_client_certificate)
+from tests.graph_fake import CLIENT_ID, MAILBOX, make_client_certificate
 from tests.integration.serve import ServeProcess
 
 pytestmark = pytest.mark.timeout(120)

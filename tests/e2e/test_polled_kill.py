@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.dovecot import DovecotInstance, dovecot  # noqa: F401  (the fixture)
+from tests.dovecot import DovecotInstance
 from tests.integration.serve import ServeProcess
 
 pytestmark = pytest.mark.timeout(240)

@@ -15,7 +15,7 @@ import pytest
 from gateway.model import Route, RouteTarget
 from gateway.protocols.mailbox import open_mailbox
 from storage import directory_sql
-from tests.dovecot import DovecotInstance, dovecot  # noqa: F401  (the fixture)
+from tests.dovecot import DovecotInstance
 from tests.e2e.helpers import WIRE, mail
 
 pytestmark = pytest.mark.timeout(120)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import tests.dovecot as helper
-from tests.dovecot import DovecotError, DovecotInstance, dovecot  # noqa: F401  (fixture)
+from tests.dovecot import DovecotError, DovecotInstance
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,8 +13,7 @@ import pytest
 
 from gateway.protocols.graph import GraphMailbox
 from gateway.protocols.mailbox import Credentials, Fetched, MailboxError, open_mailbox
-from tests.graph_fake import (CLIENT_ID, MAILBOX, GraphFake, graph_fake,  # noqa: F401
-                              make_client_certificate)
+from tests.graph_fake import CLIENT_ID, MAILBOX, GraphFake, make_client_certificate
 
 
 def mailbox_for(fake: GraphFake, credentials: Credentials | None = None,

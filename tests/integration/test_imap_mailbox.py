@@ -16,7 +16,7 @@ from gateway.model import Connector
 from gateway.protocols.imap import (ImapMailbox, encode_mailbox, login_name, parse_fetch,
                                     uid_set)
 from gateway.protocols.mailbox import Credentials, MailboxError, open_mailbox
-from tests.dovecot import DovecotInstance, dovecot  # noqa: F401  (fixture)
+from tests.dovecot import DovecotInstance
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -258,29 +258,6 @@ def test_imap_wire_helpers():
 
 
 # -- a dead or dying server never hangs the poller -------------------------------------
-
-class _Silent(asyncio.Protocol):
-    """Keeps every connection open and never writes."""
-
-    def __init__(self, held: list) -> None:
-        self.held = held
-
-    def connection_made(self, transport) -> None:
-        self.held.append(transport)
-
-
-@pytest.fixture
-async def silent_server():
-    """Accepts TCP connections and never sends a byte."""
-    held: list = []
-    server = await asyncio.get_running_loop().create_server(
-        lambda: _Silent(held), "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    for transport in held:
-        transport.close()
-    server.close()
-    await server.wait_closed()
-
 
 @pytest.mark.parametrize("tls", ["none", "implicit", "starttls"])
 async def test_r_i4_imap_silent_server_times_out_with_mailbox_error(silent_server, tls):

@@ -7,7 +7,6 @@ import smtplib
 import subprocess
 
 import aiosmtpd
-import pytest
 
 from tests.wire import WireClient, message
 from tests.conftest import FAIL_EMAIL_INSERTS, run_sql

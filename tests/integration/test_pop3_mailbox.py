@@ -13,7 +13,7 @@ import pytest
 from gateway.model import Connector
 from gateway.protocols.mailbox import Credentials, MailboxError, open_mailbox
 from gateway.protocols.pop3 import Pop3Mailbox
-from tests.dovecot import DovecotInstance, dovecot  # noqa: F401  (fixture)
+from tests.dovecot import DovecotInstance
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -162,29 +162,6 @@ async def test_r_c1_pop3_shared_mailbox_via_master_login(dovecot):
     async with Pop3Mailbox(connector, master, timeout=10) as mb:
         keys = await mb.keys("INBOX")
         assert [f.raw for f in await mb.fetch("INBOX", keys)] == [message(9)]
-
-
-class _Silent(asyncio.Protocol):
-    """Keeps every connection open and never writes."""
-
-    def __init__(self, held: list) -> None:
-        self.held = held
-
-    def connection_made(self, transport) -> None:
-        self.held.append(transport)
-
-
-@pytest.fixture
-async def silent_server():
-    """Accepts TCP connections and never sends a byte."""
-    held: list = []
-    server = await asyncio.get_running_loop().create_server(
-        lambda: _Silent(held), "127.0.0.1", 0)
-    yield server.sockets[0].getsockname()[1]
-    for transport in held:
-        transport.close()
-    server.close()
-    await server.wait_closed()
 
 
 @pytest.mark.parametrize("tls", ["none", "implicit"])
