@@ -71,3 +71,21 @@ async def outgoing(gw, ref: str) -> list[EmailMessage]:
 
 def matching(mode: str) -> MatchingSection:
     return MatchingSection(mode=mode)
+
+
+async def poll(gw, name: str):
+    """One poll round of connector ``name``, started now, then the pipeline drained."""
+    status = await gw.pollers.poll(name)
+    await gw.pipeline.drain()
+    return status
+
+
+async def copies(gw, message: EmailMessage) -> list:
+    """The stored copies of ``message``, by its Message-ID."""
+    return await gw.store.emails_by_message_id(message["Message-ID"])
+
+
+async def work_item_count(gw) -> int:
+    rows = await gw.store.read(lambda db: db.execute_fetchall(
+        "SELECT COUNT(*) FROM work_items"))
+    return rows[0][0]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from gateway.model import Route, RouteTarget
-from tests.e2e.helpers import WIRE, mail
+from tests.e2e.helpers import WIRE, copies, mail, poll
 from tests.graph_fake import MAILBOX, SECRET, GraphFake
 
 pytestmark = pytest.mark.timeout(120)
@@ -22,16 +22,6 @@ async def graph_gateway(start_gateway, fake: GraphFake, **fields):
     fields.setdefault("poll_interval", 3600)
     await gw.add_connector(fake.connector(**fields), secrets={"client_secret": SECRET})
     return gw
-
-
-async def poll(gw, name: str = "o365"):
-    status = await gw.pollers.poll(name)
-    await gw.pipeline.drain()
-    return status
-
-
-async def copies(gw, message) -> list:
-    return await gw.store.emails_by_message_id(message["Message-ID"])
 
 
 def put(fake: GraphFake, message, folder: str = "Inbox") -> str:
@@ -50,7 +40,7 @@ async def test_r_i5_graph_folders_by_path_are_routed_and_deleted_after_commit(
     put(graph_fake, question)
     put(graph_fake, invoice, "Inbox/Billing")
 
-    status = await poll(gw)
+    status = await poll(gw, "o365")
 
     assert status.state == "ok", status.last_error
     [q], [i] = await copies(gw, question), await copies(gw, invoice)
@@ -77,7 +67,7 @@ async def test_r_i6_paging_throttling_and_at_most_four_requests_in_flight(
     started = time.monotonic()
     gw = await graph_gateway(start_gateway, graph_fake)
 
-    status = await poll(gw)
+    status = await poll(gw, "o365")
 
     assert status.state == "ok", status.last_error
     assert status.fetched_total == 10
@@ -95,13 +85,13 @@ async def test_r_i6_paging_throttling_and_at_most_four_requests_in_flight(
 async def test_r_i6_an_expired_token_is_refreshed_and_the_round_succeeds(
         start_gateway, graph_fake):
     gw = await graph_gateway(start_gateway, graph_fake)
-    await poll(gw)
+    await poll(gw, "o365")
     tokens_before = len(graph_fake.token_requests)
     graph_fake.revoke_tokens()                               # Graph now answers 401
     message = mail(to=(MAILBOX,), subject="After the token expired")
     put(graph_fake, message)
 
-    status = await poll(gw)
+    status = await poll(gw, "o365")
 
     assert status.state == "ok", status.last_error
     [copy] = await copies(gw, message)
@@ -114,12 +104,12 @@ async def test_r_b5_graph_start_from_now_and_keep_on_server(start_gateway, graph
     old = mail(to=(MAILBOX,), subject="Old news")
     old_id = put(graph_fake, old)
     gw = await graph_gateway(start_gateway, graph_fake, start_from="now", keep_on_server=True)
-    await poll(gw)
+    await poll(gw, "o365")
     new = mail(to=(MAILBOX,), subject="New question")
     new_id = put(graph_fake, new)
 
-    await poll(gw)
-    await poll(gw)
+    await poll(gw, "o365")
+    await poll(gw, "o365")
 
     assert await copies(gw, old) == []
     [copy] = await copies(gw, new)

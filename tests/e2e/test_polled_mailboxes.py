@@ -16,7 +16,7 @@ from gateway.model import Route, RouteTarget
 from gateway.protocols.mailbox import open_mailbox
 from storage import directory_sql
 from tests.dovecot import DovecotInstance
-from tests.e2e.helpers import WIRE, mail
+from tests.e2e.helpers import WIRE, copies, mail, poll, work_item_count
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -39,16 +39,6 @@ async def polled_gateway(start_gateway, dovecot: DovecotInstance, user: str, *,
                            password=password if password is not None
                            else dovecot.password(user))
     return gw
-
-
-async def poll(gw, name: str = "mbox"):
-    status = await gw.pollers.poll(name)
-    await gw.pipeline.drain()
-    return status
-
-
-async def copies(gw, message) -> list:
-    return await gw.store.emails_by_message_id(message["Message-ID"])
 
 
 async def count(dovecot: DovecotInstance, user: str, folder: str = "INBOX") -> int:
@@ -107,7 +97,7 @@ async def test_r_i4_r_i5_imap_folders_are_routed_by_folder_and_deleted_only_afte
     await asyncio.to_thread(dovecot.append, user, "INBOX", raw(question))
     await asyncio.to_thread(dovecot.append, user, "Billing", raw(invoice))
 
-    status = await poll(gw)
+    status = await poll(gw, "mbox")
 
     assert status.state == "ok" and status.fetched_total == 2
     [q] = await copies(gw, question)
@@ -134,7 +124,7 @@ async def test_r_i4_crash_between_commit_and_delete_creates_no_second_work_item(
     for message in messages:
         await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
 
-    status = await poll(gw)
+    status = await poll(gw, "mbox")
     assert status.state == "failing" and "simulated crash" in status.last_error
     assert await count(dovecot, user) == 3                 # still on the server
     await gw.stop()
@@ -150,9 +140,7 @@ async def test_r_i4_crash_between_commit_and_delete_creates_no_second_work_item(
         assert copy.outcome == "created"
         refs.extend(t["ref"] for t in copy.targets)
     assert len(set(refs)) == 3
-    items = await restarted.store.read(
-        lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
-    assert items[0][0] == 3
+    assert await work_item_count(restarted) == 3
 
 
 async def test_r_i4_shared_mailbox_is_polled_through_a_master_login(start_gateway, dovecot):
@@ -162,7 +150,7 @@ async def test_r_i4_shared_mailbox_is_polled_through_a_master_login(start_gatewa
     message = mail(to=(owner,), subject="For the team mailbox")
     await asyncio.to_thread(dovecot.append, owner, "INBOX", raw(message))
 
-    status = await poll(gw)
+    status = await poll(gw, "mbox")
 
     assert status.state == "ok", status.last_error
     [copy] = await copies(gw, message)
@@ -209,7 +197,7 @@ async def test_r_i4_a_wrong_password_fails_the_poller_with_the_servers_words_and
                                             "admin")
     message = mail(to=(user,), subject="After the fix")
     await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
-    status = await poll(gw)
+    status = await poll(gw, "mbox")
     assert status.state == "ok"
     [copy] = await copies(gw, message)
     assert copy.outcome == "created"
@@ -224,12 +212,12 @@ async def test_r_b5_start_from_now_leaves_old_mail_and_keep_on_server_marks_it_s
     await asyncio.to_thread(dovecot.append, user, "INBOX", raw(old))
     gw = await polled_gateway(start_gateway, dovecot, user, start_from="now",
                               keep_on_server=True)
-    await poll(gw)                                   # the first round only sets the watermark
+    await poll(gw, "mbox")                   # the first round only sets the watermark
     new = mail(to=(user,), subject="Fresh question")
     await asyncio.to_thread(dovecot.append, user, "INBOX", raw(new))
 
-    await poll(gw)
-    await poll(gw)                                   # a second look changes nothing
+    await poll(gw, "mbox")
+    await poll(gw, "mbox")                   # a second look changes nothing
 
     assert await copies(gw, old) == []
     [copy] = await copies(gw, new)
@@ -249,7 +237,7 @@ async def test_r_i4_pop3_mail_is_processed_and_deleted_at_quit(start_gateway, do
     for message in messages:
         await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
 
-    status = await poll(gw)
+    status = await poll(gw, "mbox")
 
     assert status.state == "ok" and status.fetched_total == 3
     for message in messages:
@@ -275,15 +263,13 @@ async def test_r_i4_pop3_session_dropped_before_quit_refetches_and_dedup_absorbs
     await gw.stop()
 
     restarted = await start_gateway(connectors=[])
-    await poll(restarted)
+    await poll(restarted, "mbox")
 
     assert await count(dovecot, user) == 0
     outcomes = sorted(c.outcome for c in await copies(restarted, message))
     assert outcomes[0] == "created" and set(outcomes[1:]) == {"duplicate"}, outcomes
     assert len(outcomes) >= 2                        # it was fetched again, and absorbed
-    items = await restarted.store.read(
-        lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
-    assert items[0][0] == 1
+    assert await work_item_count(restarted) == 1
 
 
 # -- R-C3 connector test, through the API ----------------------------------------------
@@ -318,7 +304,7 @@ async def test_r_c4_disabled_verification_is_explicit_and_warned_at_start(start_
     with caplog.at_level("WARNING", logger="mailgate.poller"):
         gw = await polled_gateway(start_gateway, dovecot, user,
                                   ca_file=dovecot.stranger_ca_file, tls_verify=False)
-        status = await poll(gw)
+        status = await poll(gw, "mbox")
     assert status.state == "ok", status.last_error
     [copy] = await copies(gw, message)
     assert copy.outcome == "created"
@@ -336,20 +322,18 @@ async def test_r_i4_a_uidvalidity_change_refetches_and_dedup_makes_no_new_work_i
     messages = [mail(to=(user,), subject=f"Kept {n}") for n in range(2)]
     for message in messages:
         await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
-    await poll(gw)
+    await poll(gw, "mbox")
     maildir = dovecot.root / "home" / user / "Maildir"
     for index in [maildir / "dovecot-uidlist", *maildir.glob("dovecot.index*")]:
         index.unlink(missing_ok=True)           # Dovecot starts a new UIDVALIDITY
 
-    status = await poll(gw)
+    status = await poll(gw, "mbox")
 
     assert status.state == "ok", status.last_error
     for message in messages:
         assert sorted(c.outcome for c in await copies(gw, message)) == ["created",
                                                                          "duplicate"]
-    items = await gw.store.read(
-        lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
-    assert items[0][0] == 2
+    assert await work_item_count(gw) == 2
 
 
 async def test_r_i4_poll_now_through_the_api_runs_a_round_and_answers_its_status(
@@ -385,13 +369,13 @@ async def test_r_i4_a_connector_re_pointed_at_another_mailbox_fetches_all_of_it(
     await asyncio.to_thread(dovecot.append, first, "INBOX", raw(old))
     await asyncio.to_thread(dovecot.append, second, "INBOX", raw(new))
     gw = await polled_gateway(start_gateway, dovecot, first, keep_on_server=True)
-    await poll(gw)
+    await poll(gw, "mbox")
     assert [c.outcome for c in await copies(gw, old)] == ["created"]
 
     await gw.directory_ops.update_connector(
         "mbox", {"username": second, "password": dovecot.password(second),
                  "primary_address": second, "keep_on_server": False}, "admin")
-    status = await poll(gw)
+    status = await poll(gw, "mbox")
 
     assert status.state == "ok", status.last_error
     assert [c.outcome for c in await copies(gw, new)] == ["created"]
