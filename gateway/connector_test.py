@@ -80,9 +80,7 @@ async def _incoming(entry: ConnectorEntry, timeout: float) -> Result:
     c = entry.connector
     if not c.polled:
         return True, LMTP_DETAIL
-    credentials = Credentials(username=entry.username, password=entry.password,
-                              client_secret=entry.secret("client_secret"),
-                              certificate_password=entry.secret("certificate_password"))
+    credentials = Credentials.of(entry.username, entry.password, entry.secrets)
     return True, await open_mailbox(c, credentials, timeout=timeout).test()
 
 

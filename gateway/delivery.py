@@ -66,6 +66,9 @@ class Delivery(Worker):
         # R-C4: the system trust store, plus the configured CA file when there is one
         self._tls_context = ssl.create_default_context(
             cafile=settings.default_gateway.ca_file or None)
+        # connector trust by (ca_file, tls_verify): relays are looked up every batch, and
+        # loading the system store for a new context each time costs milliseconds
+        self._trust: dict[tuple[str, bool], ssl.SSLContext] = {}
 
     def start(self) -> None:
         self.start_task()
@@ -109,11 +112,19 @@ class Delivery(Worker):
                 continue
             relay = Relay(connector.smtp_host, connector.smtp_port, connector.smtp_tls,
                           username or "", password or "", f"connector {connector.name}",
-                          tls_context(connector)
-                          if connector.ca_file or not connector.tls_verify else None)
+                          self._connector_trust(connector))
             for address in connector.addresses():
                 relays.setdefault(normalize_address(address), relay)
         return relays
+
+    def _connector_trust(self, connector) -> ssl.SSLContext | None:
+        """A connector's own TLS trust (R-C4), or None for the default gateway's."""
+        if not connector.ca_file and connector.tls_verify:
+            return None
+        key = (connector.ca_file, connector.tls_verify)
+        if key not in self._trust:
+            self._trust[key] = tls_context(connector)
+        return self._trust[key]
 
     async def _deliver(self, mail: dict, relays: dict[str, Relay] | None = None) -> None:
         raw, domain = mail["raw"], None

@@ -91,17 +91,10 @@ class Intake:
         error = None
         if copies:
             try:
-                ids = await self.store.journal(copies)
+                ids = await self._journal(copies)
                 email_ids = {copy.connector: email_id for copy, email_id in zip(copies, ids)}
             except StoreError as exc:
                 error = str(exc)
-            else:
-                if self.on_journaled is not None:
-                    self.on_journaled()
-        if self.on_received is not None:
-            for copy in copies:
-                if copy.connector in email_ids:
-                    self.on_received(source, copy.connector, len(raw))
         results = []
         for rcpt, owner in zip(rcpts, owners):
             if owner is None:
@@ -119,6 +112,10 @@ class Intake:
         Raises StoreError when the commit failed: the poller then leaves the
         messages on the server and tries again next round.
         """
+        return await self._journal(copies)
+
+    async def _journal(self, copies: list[Copy]) -> list[int]:
+        """Commit ``copies``; once committed, wake the pipeline and count them."""
         ids = await self.store.journal(copies)
         if self.on_journaled is not None:
             self.on_journaled()

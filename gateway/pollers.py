@@ -21,13 +21,6 @@ log = logging.getLogger("mailgate.poller")
 Row = tuple[Connector, str | None, str | None, dict]
 
 
-def credentials_of(row: Row) -> Credentials:
-    _, username, password, secrets = row
-    return Credentials(username=username, password=password,
-                       client_secret=secrets.get("client_secret"),
-                       certificate_password=secrets.get("certificate_password"))
-
-
 def wants_poller(connector: Connector) -> bool:
     return (connector.enabled and connector.polled
             and connector.direction in ("incoming", "both"))
@@ -80,7 +73,7 @@ class Pollers:
                 log.warning("poller %s: TLS certificate verification is DISABLED for %s "
                             "(tls_verify = false, R-C4)", name, connector.host or "graph")
             try:
-                credentials = credentials_of(row)
+                credentials = Credentials.of(*row[1:])
                 mailbox = (self.mailbox_factory(connector, credentials)
                            if self.mailbox_factory is not None else None)
                 poller = Poller(self.store, connector, credentials, self.journal,

@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable
 import aiosqlite
 
 from gateway.model import Connector, Copy, EmailRecord
+from storage import directory_sql
 
 log = logging.getLogger("mailgate.store")
 
@@ -345,7 +346,6 @@ class SqliteStore:
 
     async def connectors(self) -> list[Connector]:
         """Every connector, without credentials (the directory snapshot's view)."""
-        from storage import directory_sql
         assert self._reader is not None
         return [row[0] for row in await directory_sql.connectors(self._reader)]
 
@@ -357,7 +357,6 @@ class SqliteStore:
         now = time.time()
 
         async def work(db: aiosqlite.Connection) -> bool:
-            from storage.directory_sql import incoming_json
             on_conflict = ("DO NOTHING" if create_only else
                            "DO UPDATE SET service = excluded.service, direction = excluded.direction,"
                            " protocol = excluded.protocol, primary_address = excluded.primary_address,"
@@ -371,7 +370,7 @@ class SqliteStore:
                 (connector.name, connector.service, connector.direction, connector.protocol,
                  connector.primary_address, json.dumps(list(connector.aliases)),
                  int(connector.enabled), int(connector.route_on_envelope),
-                 incoming_json(connector), now, now))
+                 directory_sql.incoming_json(connector), now, now))
             return cursor.rowcount > 0
 
         return await self.write(work)

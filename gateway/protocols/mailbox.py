@@ -39,6 +39,13 @@ class Credentials:
     client_secret: str | None = None
     certificate_password: str | None = None
 
+    @classmethod
+    def of(cls, username: str | None, password: str | None, secrets: dict) -> "Credentials":
+        """From what the directory keeps: the login and the ``secrets`` of SECRET_FIELDS."""
+        return cls(username=username, password=password,
+                   client_secret=secrets.get("client_secret") or None,
+                   certificate_password=secrets.get("certificate_password") or None)
+
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
