@@ -21,7 +21,7 @@ from typing import Any
 from gateway import presets
 from gateway.connector_checks import (POLL_CHECKS, connector_problems, credential_problems,
                                       implied_protocol, with_preset)
-from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector
+from gateway.model import CONNECTOR_DEFAULTS, POLL_FIELDS, SECRET_FIELDS, Connector
 
 
 class ConfigError(Exception):
@@ -162,23 +162,23 @@ class BootstrapConnector:
     client_secret_file: str = ""
     certificate_password: str = ""
     certificate_password_file: str = ""
-    # R-C1 poll settings (see gateway.model.POLL_FIELDS); defaults as Connector's
-    host: str = ""
-    port: int = 0
-    tls: str = "implicit"
-    folders: tuple[str, ...] = ("INBOX",)
-    poll_interval: int = 60
-    shared_mailbox: str = ""
-    tenant_id: str = ""
-    application_id: str = ""
-    certificate_file: str = ""
-    certificate_thumbprint: str = ""
-    authority_host: str = "https://login.microsoftonline.com"
-    graph_base_url: str = "https://graph.microsoft.com/v1.0"
-    ca_file: str = ""
-    tls_verify: bool = True
-    keep_on_server: bool = False
-    start_from: str = "all"
+    # R-C1 poll settings (gateway.model.POLL_FIELDS), their defaults Connector's own
+    host: str = CONNECTOR_DEFAULTS.host
+    port: int = CONNECTOR_DEFAULTS.port
+    tls: str = CONNECTOR_DEFAULTS.tls
+    folders: tuple[str, ...] = CONNECTOR_DEFAULTS.folders
+    poll_interval: int = CONNECTOR_DEFAULTS.poll_interval
+    shared_mailbox: str = CONNECTOR_DEFAULTS.shared_mailbox
+    tenant_id: str = CONNECTOR_DEFAULTS.tenant_id
+    application_id: str = CONNECTOR_DEFAULTS.application_id
+    certificate_file: str = CONNECTOR_DEFAULTS.certificate_file
+    certificate_thumbprint: str = CONNECTOR_DEFAULTS.certificate_thumbprint
+    authority_host: str = CONNECTOR_DEFAULTS.authority_host
+    graph_base_url: str = CONNECTOR_DEFAULTS.graph_base_url
+    ca_file: str = CONNECTOR_DEFAULTS.ca_file
+    tls_verify: bool = CONNECTOR_DEFAULTS.tls_verify
+    keep_on_server: bool = CONNECTOR_DEFAULTS.keep_on_server
+    start_from: str = CONNECTOR_DEFAULTS.start_from
 
     def given(self) -> tuple[str, ...]:
         """The poll settings this seed sets (those differing from the defaults)."""

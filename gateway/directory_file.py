@@ -23,7 +23,8 @@ from gateway import presets, route_bands
 from gateway.connector_checks import (POLL_CHECKS, connector_problems, implied_protocol,
                                       used_settings, with_preset)
 from gateway.directory import normalize_address
-from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector, Route, RouteRules, RouteTarget
+from gateway.model import (CONNECTOR_DEFAULTS, POLL_FIELDS, SECRET_FIELDS, Connector, Route,
+                           RouteRules, RouteTarget)
 from gateway.routes import validate_route
 
 FORMAT = 1
@@ -32,7 +33,6 @@ RULES = {"important": None, "attachment_types": "", "subject_keywords": "",
          "sender_companies": "", "sender_list_includes": "", "recipient_list_includes": ""}
 TARGET = {"kind": "Ticket", "process": "", "customer": "", "contract": "", "service": "",
           "ticket_category": ""}
-_POLLED = Connector(name="", service="", primary_address="")     # the poll defaults
 SCHEMAS: dict[str, dict] = {
     # protocol "" = the one the service implies (R-C1); poll settings only for polled ones
     "connectors": {"name": REQUIRED, "service": "lmtp", "protocol": "",
@@ -40,7 +40,7 @@ SCHEMAS: dict[str, dict] = {
                    "enabled": True, "route_on_envelope": False, "smtp_host": "",
                    "smtp_port": 587, "smtp_tls": "starttls",
                    **{k: list(v) if isinstance(v, tuple) else v
-                      for k, v in ((k, getattr(_POLLED, k)) for k in POLL_FIELDS)}},
+                      for k, v in ((k, getattr(CONNECTOR_DEFAULTS, k)) for k in POLL_FIELDS)}},
     "routes": {"connector": REQUIRED, "name": REQUIRED, "email_address": REQUIRED,
                "folder_path": "", "order": REQUIRED, "fallback": False, "enabled": True,
                "send_automated_emails": False, "ack_cc": False, "test_mode": False,

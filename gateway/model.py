@@ -71,6 +71,9 @@ class Connector:
 
 
 POLLED_PROTOCOLS = ("imap", "pop3", "graph")
+# A connector with every default: the one source of the defaults that the config seeds
+# and the directory file show for settings left out.
+CONNECTOR_DEFAULTS = Connector(name="", service="", primary_address="")
 
 # Connector fields that only polled connectors use; stored together (one JSON column)
 # because nothing queries them: the pollers read them back whole.
