@@ -39,8 +39,7 @@ SCHEMAS: dict[str, dict] = {
                    "direction": "incoming", "primary_address": REQUIRED, "aliases": [],
                    "enabled": True, "route_on_envelope": False, "smtp_host": "",
                    "smtp_port": 587, "smtp_tls": "starttls",
-                   **{k: list(v) if isinstance(v, tuple) else v
-                      for k, v in ((k, getattr(CONNECTOR_DEFAULTS, k)) for k in POLL_FIELDS)}},
+                   **CONNECTOR_DEFAULTS.poll_settings()},
     "routes": {"connector": REQUIRED, "name": REQUIRED, "email_address": REQUIRED,
                "folder_path": "", "order": REQUIRED, "fallback": False, "enabled": True,
                "send_automated_emails": False, "ack_cc": False, "test_mode": False,

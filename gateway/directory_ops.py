@@ -20,7 +20,7 @@ import aiosqlite
 
 from gateway import activity, route_bands
 from gateway.directory import normalize_address
-from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector, Route, RouteTarget
+from gateway.model import SECRET_FIELDS, Connector, Route, RouteTarget
 from gateway.workitems import RuleViolation
 from storage import directory_sql
 from storage.txn import Txn
@@ -53,8 +53,7 @@ class ConnectorEntry:
                   "smtp_host": c.smtp_host, "smtp_port": c.smtp_port, "smtp_tls": c.smtp_tls,
                   "username": self.username, "password": self.password}
         if c.polled:
-            values.update({name: getattr(c, name) for name in POLL_FIELDS})
-            values["folders"] = list(c.folders)
+            values.update(c.poll_settings())
             values.update({name: self.secret(name) for name in SECRET_FIELDS})
         return values
 

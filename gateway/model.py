@@ -69,6 +69,13 @@ class Connector:
     def polled(self) -> bool:
         return self.protocol in POLLED_PROTOCOLS
 
+    def poll_settings(self) -> dict:
+        """The POLL_FIELDS as JSON values (folders a list): what the store keeps, the
+        API answers and the history compares."""
+        values = {name: getattr(self, name) for name in POLL_FIELDS}
+        values["folders"] = list(self.folders)
+        return values
+
 
 POLLED_PROTOCOLS = ("imap", "pop3", "graph")
 # A connector with every default: the one source of the defaults that the config seeds

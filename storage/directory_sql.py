@@ -35,9 +35,7 @@ ConnectorRow = tuple[Connector, str | None, str | None, dict]
 
 def incoming_json(c: Connector) -> str:
     """The polled-connector settings (POLL_FIELDS) as the ``incoming`` column holds them."""
-    values = {name: getattr(c, name) for name in POLL_FIELDS}
-    values["folders"] = list(c.folders)
-    return json.dumps(values, sort_keys=True)
+    return json.dumps(c.poll_settings(), sort_keys=True)
 
 
 def _incoming(text: str) -> dict:

@@ -27,7 +27,7 @@ from gateway.api.errors import api_error
 from gateway.connector_checks import (MAX_SECRET, POLL_CHECKS, connector_problems,
                                       credential_problems, implied_protocol, with_preset)
 from gateway.directory_ops import ConnectorEntry, DirectoryOps
-from gateway.model import POLL_FIELDS, SECRET_FIELDS, Connector
+from gateway.model import SECRET_FIELDS, Connector
 
 POLL_WAIT = 120.0            # seconds a "poll now" request waits for its round
 
@@ -85,8 +85,7 @@ def connector_json(entry: ConnectorEntry) -> dict:
               "smtp_port": c.smtp_port, "smtp_tls": c.smtp_tls, "username": entry.username,
               "password_set": bool(entry.password)}
     if c.polled:
-        answer.update({name: getattr(c, name) for name in POLL_FIELDS})
-        answer["folders"] = list(c.folders)
+        answer.update(c.poll_settings())
         answer.update({f"{name}_set": bool(entry.secret(name)) for name in SECRET_FIELDS})
         answer["warnings"] = warnings(c)
     return answer
