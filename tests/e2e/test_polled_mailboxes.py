@@ -113,6 +113,30 @@ async def test_r_i4_r_i5_imap_folders_are_routed_by_folder_and_deleted_only_afte
     assert all(all(flags) for _, _, flags in checks), checks            # committed first
 
 
+async def test_r_i4_many_messages_are_removed_together_and_only_once_all_are_committed(
+        start_gateway, dovecot, tmp_path):
+    """Removal waits for REMOVE_BATCH committed messages (or the folder's end): one
+    EXPUNGE for 250 messages fetched and committed in batches of 100, never before
+    every one of them is in the journal."""
+    user = dovecot.new_user("many")
+    checks: list = []
+    db_path = str(tmp_path / "mailgate.db")
+    messages = [mail(to=(user,), subject=f"Parcel {n} is late") for n in range(250)]
+    await asyncio.to_thread(dovecot.seed, user, [raw(m) for m in messages])  # before the
+    gw = await polled_gateway(                                   # poller's first round
+        start_gateway, dovecot, user,
+        factory=lambda c, creds: CommitCheckingMailbox(open_mailbox(c, creds), db_path, checks))
+
+    status = await poll(gw, "mbox")
+    await gw.pipeline.drain()
+
+    assert status.state == "ok" and status.fetched_total == 250
+    assert [(folder, len(keys)) for folder, keys, _ in checks] == [("INBOX", 250)]
+    assert all(checks[0][2])                                            # committed first
+    assert await count(dovecot, user) == 0
+    assert await work_item_count(gw) == 250
+
+
 async def test_r_i4_crash_between_commit_and_delete_creates_no_second_work_item(
         start_gateway, dovecot, tmp_path):
     user = dovecot.new_user("crash")
