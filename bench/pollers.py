@@ -23,6 +23,13 @@ distinct messages (every one its own Message-ID, so each makes a work item):
      "drained" is when the poller's round ended (all journaled and removed).
   3. with --journal-only, the same with the pipeline paused: the poller's own rate
      (fetch, fsynced journal commit, remove), which bounds the first from above.
+  4. two stdlib floors, no mailgate code at all, which show what the target asks
+     of any poller that deletes only after a durable commit:
+     - "remove only": imaplib ``UID STORE +FLAGS.SILENT (\Deleted)`` + ``UID EXPUNGE``
+       of every message, REMOVE_BATCH at a time (the server's cost of removal);
+     - "durable drain": imaplib ``UID FETCH`` in batches of 100, each batch's raw
+       bytes and keys inserted into SQLite (WAL, synchronous=FULL) in one commit,
+       removal as above after the commits: fetch, journal, delete, nothing else.
 
 Checks every round: the mailbox is empty, N emails are stored, N work items made.
 """
@@ -32,6 +39,8 @@ import argparse
 import asyncio
 import imaplib
 import logging
+import re
+import sqlite3
 import ssl
 import statistics
 import sys
@@ -46,6 +55,7 @@ sys.path.insert(0, str(REPO))
 from gateway.app import Gateway  # noqa: E402
 from gateway.config import (DirectorySection, HttpSection, LmtpSection, Settings,  # noqa: E402
                             SmtpSection, StorageSection)
+from gateway.poller import BATCH, REMOVE_BATCH  # noqa: E402
 from tests.dovecot import DovecotInstance  # noqa: E402
 
 GOAL = 0.50
@@ -73,9 +83,7 @@ def messages(count: int, size: int, to: str) -> list[bytes]:
     return out
 
 
-def imaplib_fetch_all(dovecot: DovecotInstance, user: str, tls: str) -> float:
-    """Seconds for a plain stdlib fetch-all of INBOX (the ceiling)."""
-    started = time.perf_counter()
+def imaplib_client(dovecot: DovecotInstance, user: str, tls: str) -> imaplib.IMAP4:
     if tls == "implicit":
         context = ssl.create_default_context(cafile=dovecot.ca_file)
         client = imaplib.IMAP4_SSL(dovecot.host, dovecot.imaps_port, ssl_context=context)
@@ -84,6 +92,69 @@ def imaplib_fetch_all(dovecot: DovecotInstance, user: str, tls: str) -> float:
     client.login(user, dovecot.password(user))
     typ, data = client.select("INBOX")
     assert typ == "OK", data
+    return client
+
+
+def imaplib_remove(client: imaplib.IMAP4, uids: list[bytes]) -> None:
+    for start in range(0, len(uids), REMOVE_BATCH):
+        uidset = b",".join(uids[start:start + REMOVE_BATCH]).decode()
+        typ, data = client.uid("STORE", uidset, "+FLAGS.SILENT", r"(\Deleted)")
+        assert typ == "OK", data
+        typ, data = client.uid("EXPUNGE", uidset)
+        assert typ == "OK", data
+
+
+def imaplib_remove_all(dovecot: DovecotInstance, user: str, tls: str) -> float:
+    """Seconds for stdlib imaplib to remove every message of INBOX (floor 1)."""
+    started = time.perf_counter()
+    client = imaplib_client(dovecot, user, tls)
+    uids = client.uid("SEARCH", "ALL")[1][0].split()
+    imaplib_remove(client, uids)
+    elapsed = time.perf_counter() - started
+    client.logout()
+    if int(dovecot.count(user)):
+        raise SystemExit("imaplib left messages behind")
+    return elapsed
+
+
+def imaplib_durable_drain(dovecot: DovecotInstance, user: str, tls: str, work: Path) -> float:
+    """Seconds for stdlib imaplib + sqlite3 to fetch, durably journal and remove every
+    message of INBOX, with no pipeline (floor 2)."""
+    db = sqlite3.connect(work / "floor.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE journal (id INTEGER PRIMARY KEY, key TEXT UNIQUE, raw BLOB)")
+    started = time.perf_counter()
+    client = imaplib_client(dovecot, user, tls)
+    uids = client.uid("SEARCH", "ALL")[1][0].split()
+    committed: list[bytes] = []
+    for start in range(0, len(uids), BATCH):
+        chunk = uids[start:start + BATCH]
+        typ, data = client.uid("FETCH", b",".join(chunk).decode(), "(BODY.PEEK[])")
+        assert typ == "OK", data
+        rows = [(re.search(rb"UID (\d+)", item[0]).group(1).decode(), item[1])
+                for item in data if isinstance(item, tuple)]
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO journal (key, raw) VALUES (?, ?)", rows)
+        db.execute("COMMIT")
+        committed.extend(chunk)
+        if len(committed) >= REMOVE_BATCH:
+            imaplib_remove(client, committed)
+            committed = []
+    imaplib_remove(client, committed)
+    elapsed = time.perf_counter() - started
+    client.logout()
+    (journaled,) = db.execute("SELECT COUNT(*) FROM journal").fetchone()
+    db.close()
+    if journaled != len(uids) or int(dovecot.count(user)):
+        raise SystemExit(f"floor drain journaled {journaled} of {len(uids)}")
+    return elapsed
+
+
+def imaplib_fetch_all(dovecot: DovecotInstance, user: str, tls: str) -> float:
+    """Seconds for a plain stdlib fetch-all of INBOX (the ceiling)."""
+    started = time.perf_counter()
+    client = imaplib_client(dovecot, user, tls)
     typ, data = client.uid("FETCH", "1:*", "(BODY.PEEK[])")
     assert typ == "OK", data
     elapsed = time.perf_counter() - started
@@ -135,6 +206,14 @@ async def mailgate_drain(dovecot: DovecotInstance, user: str, protocol: str, tls
     return {"drained": drained, "processed": processed}
 
 
+FLOORS = {
+    "stdlib floor: remove only (imaplib STORE + EXPUNGE)":
+        lambda dovecot, user, tls, work: imaplib_remove_all(dovecot, user, tls),
+    "stdlib floor: durable drain (imaplib fetch, sqlite3 fsynced commit, remove)":
+        imaplib_durable_drain,
+}
+
+
 def label(protocol: str, pipeline: bool) -> str:
     return f"{protocol} poll + " + ("full pipeline" if pipeline else
                                     "journal only (pipeline paused)")
@@ -165,6 +244,7 @@ def main() -> int:
                                               if a.journal_only else [])
     results: dict[str, list[dict]] = {label(*path): [] for path in paths}
     ceilings: list[float] = []
+    floors: dict[str, list[float]] = {name: [] for name in FLOORS}
     with DovecotInstance() as dovecot:
         for round_no in range(1, a.rounds + 1):
             user = dovecot.new_user("ceiling")
@@ -172,6 +252,13 @@ def main() -> int:
             ceiling = a.messages / imaplib_fetch_all(dovecot, user, a.tls)
             ceilings.append(ceiling)
             line = [f"round {round_no}: imaplib fetch-all {ceiling:,.0f} msgs/s"]
+            for name, floor in FLOORS.items():
+                user = dovecot.new_user("floor")
+                dovecot.seed(user, messages(a.messages, a.size, user))
+                with tempfile.TemporaryDirectory(prefix="mailgate-bench-") as work:
+                    rate = a.messages / floor(dovecot, user, a.tls, Path(work))
+                floors[name].append(rate / ceiling)
+                line.append(f"{name} {rate:,.0f} msgs/s ({rate / ceiling:.2f}x)")
             for protocol, pipeline in paths:
                 user = dovecot.new_user(protocol)
                 dovecot.seed(user, messages(a.messages, a.size, user))
@@ -193,6 +280,10 @@ def main() -> int:
     print("|---|---|---|---|")
     print(f"| stdlib imaplib fetch-all (ceiling) | {statistics.median(ceilings):,.0f} "
           f"({min(ceilings):,.0f}..{max(ceilings):,.0f}) | 1.00 | - |")
+    for name, ratios in floors.items():
+        rates = [r * c for r, c in zip(ratios, ceilings)]
+        print(f"| {name} | {statistics.median(rates):,.0f} ({min(rates):,.0f}..{max(rates):,.0f})"
+              f" | {statistics.median(ratios):.2f} ({min(ratios):.2f}..{max(ratios):.2f}) | - |")
     verdict = True
     for name, rows in results.items():
         rates = [r["rate"] for r in rows]
