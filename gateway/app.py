@@ -97,7 +97,11 @@ class Gateway:
             autogen_disabled=frozenset(settings.autogen.disabled),
             message_id_domain=settings.gateway.message_id_domain,
             dedup_window_days=settings.dedup.window_days,
-            ack_budget_per_day=settings.outbound.ack_budget_per_day)
+            ack_budget_per_day=settings.outbound.ack_budget_per_day,
+            sender_budget=settings.loops.sender_budget,
+            sender_window=settings.loops.sender_window_minutes * 60.0,
+            reopen_budget=settings.loops.reopen_budget,
+            reopen_window=settings.loops.reopen_window_hours * 3600.0)
         self.pipeline = Runner(self.store, lambda: self.directory, lambda: self.pipeline_settings,
                                observer=self.metrics.pipeline_observer())
         self.ops = Operations(self.store, self.reload_directory)

@@ -101,6 +101,15 @@ class DedupSection:
 
 
 @dataclass(frozen=True)
+class LoopsSection:
+    """R-B3 loop breakers; 0 turns a budget off."""
+    sender_budget: int = 20              # copies one sender may bring one connector ...
+    sender_window_minutes: int = 10      # ... within this many minutes
+    reopen_budget: int = 5               # reopens by mail of one resolved work item ...
+    reopen_window_hours: int = 24        # ... within this many hours
+
+
+@dataclass(frozen=True)
 class DefaultGatewaySection:
     enabled: bool = True                 # false: only outgoing connectors relay (R-O1)
     host: str = ""
@@ -250,6 +259,7 @@ class Settings:
     matching: MatchingSection = field(default_factory=MatchingSection)
     autogen: AutogenSection = field(default_factory=AutogenSection)
     dedup: DedupSection = field(default_factory=DedupSection)
+    loops: LoopsSection = field(default_factory=LoopsSection)
     outbound: OutboundSection = field(default_factory=OutboundSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     directory: DirectorySection = field(default_factory=DirectorySection)
@@ -279,7 +289,9 @@ SECRET_FILES = {"admin_token_file": "admin_token", "auth_password_file": "auth_p
                 "certificate_password_file": "certificate_password"}
 LISTEN_KEYS = {("lmtp", "listen"), ("smtp", "listen"), ("http", "listen")}
 POSITIVE_KEYS = {"ack_budget_per_day", "retry_initial", "retry_max", "max_lifetime", "max_message_size", "max_recipients", "max_line_length", "max_header_count",
-                 "commit_batch_max", "window_days", "timeout", "drain_timeout"}
+                 "commit_batch_max", "window_days", "timeout", "drain_timeout",
+                 "sender_window_minutes", "reopen_window_hours"}
+NON_NEGATIVE_KEYS = {"sender_budget", "reopen_budget"}     # 0: off
 
 
 TABLE_ARRAYS = {"connectors": BootstrapConnector, "routes": BootstrapRoute, "dkim": DkimKey,
@@ -440,6 +452,9 @@ class _Loader:
                 self.problem(section, key, f"[{section}] {key}: {exc}")
         if key in POSITIVE_KEYS and value <= 0:
             self.problem(section, key, f"[{section}] {key} = {value!r}: must be greater than 0")
+        if key in NON_NEGATIVE_KEYS and value < 0:
+            self.problem(section, key, f"[{section}] {key} = {value!r}: must be 0 (no limit) "
+                         "or more")
 
 
 def _env_overrides(env: dict[str, str]) -> tuple[dict, list[str]]:

@@ -204,7 +204,7 @@ class Route:
 
 OUTCOMES = ("appended", "created", "ignored", "duplicate", "own_mail", "unprocessed")
 UNPROCESSED_REASONS = ("no_visible_address", "no_route", "alias_without_route",
-                       "mixed_live_test", "unparseable", "rejected_by_rule")
+                       "mixed_live_test", "unparseable", "rejected_by_rule", "sender_flood")
 
 
 @dataclass(slots=True)

@@ -308,11 +308,14 @@ def set_parent(child: WorkItem, parent: WorkItem | None, lookup: Lookup) -> Effe
 
 # -- apply (R-E1..R-E6) -------------------------------------------------------------------
 
-def apply_email(item: WorkItem, parent: WorkItem | None = None) -> Effects:
+def apply_email(item: WorkItem, parent: WorkItem | None = None, *,
+                reopen: bool = True) -> Effects:
     """R-E1..R-E3 (and R-E5: auto-generated mail alike): the item after an email lands.
 
     ``item`` is a resolved target (R-M5), never CLOSED. ``parent`` is its parent,
     needed when an Action waiting for more info may move its parent Case (R-E2).
+    ``reopen=False`` (R-B3: the item's reopen budget is spent) appends to a RESOLVED
+    item with ``new_info`` but leaves it RESOLVED.
     """
     if item.state == "CLOSED":
         raise RuleViolation("R-M5", f"{item.ref} is CLOSED; resolve_target() decides its mail")
@@ -326,7 +329,7 @@ def apply_email(item: WorkItem, parent: WorkItem | None = None) -> Effects:
         if (item.kind == "Action" and parent is not None and parent.kind == "Case"
                 and parent.state == "WAITING" and parent.wait_type == "more_info"):
             pairs.append(_with_state(parent, "IN_PROGRESS", None, "R-E2"))
-    elif item.state == "RESOLVED":
+    elif item.state == "RESOLVED" and reopen:
         pairs = [_with_state(item, "TO_DO", None, "R-E3", new_info=True)]
     else:
         pairs = [(_copy(item, new_info=True), None)]

@@ -20,7 +20,7 @@ _COMMIT_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _STAGE_BUCKETS = (.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, 1)
 STAGE_NAMES = ("parse", "sent-id", "dedup", "auto-generated", "plus-address", "match", "route",
-               "apply")
+               "sender-budget", "apply")
 OUTCOME_NAMES = ("appended", "created", "ignored", "duplicate", "own_mail", "unprocessed")
 
 

@@ -144,6 +144,28 @@ class SyncTxn:
                                    (older_than,))
         return cursor.rowcount
 
+    # -- loop breakers (R-B3) ----------------------------------------------------------
+
+    def sender_intake(self, connector: str, sender: str, since: float, limit: int) -> int:
+        """Copies ``sender`` brought ``connector`` since then that count against its
+        budget, counted up to ``limit`` (a flood must not make the check dear)."""
+        row = self._one("SELECT COUNT(*) FROM (SELECT 1 FROM emails WHERE connector = ?"
+                        " AND sender = ? AND processed_at >= ? LIMIT ?)",
+                        (connector, sender, since, limit))
+        return row[0]
+
+    def reopens(self, ref: str, since: float) -> int:
+        """Times mail reopened work item ``ref`` since then."""
+        return self._one("SELECT COUNT(*) FROM reopens WHERE ref = ? AND at >= ?",
+                         (ref, since))[0]
+
+    def record_reopen(self, ref: str, email_id: int | None) -> None:
+        self.conn.execute("INSERT INTO reopens (ref, email_id, at) VALUES (?, ?, ?)",
+                          (ref, email_id, self.now))
+
+    def prune_reopens(self, older_than: float) -> int:
+        return self.conn.execute("DELETE FROM reopens WHERE at < ?", (older_than,)).rowcount
+
     # -- work items ------------------------------------------------------------------
 
     def workitem(self, ref: str) -> WorkItem | None:
@@ -309,16 +331,27 @@ class BatchTxn(SyncTxn):
         self._events: list[tuple] = []
         self._fingerprints: dict[tuple[str, str], tuple] = {}   # (target, value) → row
         self._batch_f1: dict[tuple[str, str], int] = {}          # (connector, F1) → email id
+        self._batch_senders: dict[tuple[str, str], int] = {}     # (connector, sender) → copies
         self._mark = (0, 0)
 
     def set_outcome(self, email_id: int, *, outcome: str, reason: str | None,
                     targets: list[dict], trace: list[dict], f1: str | None,
-                    connector: str | None = None) -> None:
-        """Record the decision; written by :meth:`flush` at the end of the batch."""
+                    connector: str | None = None, sender: str | None = None) -> None:
+        """Record the decision; written by :meth:`flush` at the end of the batch.
+        ``sender``: the copy counts against that sender's budget (R-B3)."""
         self._outcomes.append((outcome, reason, json.dumps(targets), json.dumps(trace), f1,
-                               self.now, email_id))
+                               self.now, sender, email_id))
         if f1 and connector:
             self._batch_f1.setdefault((connector, f1), email_id)
+        if sender and connector:
+            key = (connector, sender)
+            self._batch_senders[key] = self._batch_senders.get(key, 0) + 1
+
+    def sender_intake(self, connector: str, sender: str, since: float, limit: int) -> int:
+        in_batch = self._batch_senders.get((connector, sender), 0)
+        if in_batch >= limit:
+            return in_batch
+        return in_batch + super().sender_intake(connector, sender, since, limit - in_batch)
 
     def f1_seen(self, connector: str, f1: str, before_id: int,
                 since: float = 0.0) -> int | None:
@@ -356,12 +389,14 @@ class BatchTxn(SyncTxn):
         if self._outcomes:
             self.conn.executemany(
                 "UPDATE emails SET state = 'done', outcome = ?, reason = ?, targets = ?,"
-                " trace = ?, f1 = ?, processed_at = ? WHERE id = ?", self._outcomes)
+                " trace = ?, f1 = ?, processed_at = ?, sender = COALESCE(?, sender)"
+                " WHERE id = ?", self._outcomes)
         if self._events:
             self.conn.executemany(_INSERT_EVENT, self._events)
         if self._fingerprints:
             self.conn.executemany(_INSERT_FINGERPRINT, self._fingerprints.values())
         self._outcomes, self._events, self._fingerprints = [], [], {}
+        self._batch_senders, self._batch_f1 = {}, {}
 
 
 def _hop(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -59,7 +59,10 @@ class Apply:
         item = txn.workitem(ref)
         assert item is not None
         parent = txn.workitem(item.parent) if item.parent else None
-        applied = workitems.apply_email(item, parent)
+        reopen = item.state != "RESOLVED" or _reopen_allowed(ctx, ref)
+        applied = workitems.apply_email(item, parent, reopen=reopen)
+        if item.state == "RESOLVED" and reopen:
+            txn.record_reopen(ref, mail.email_id)
         for changed in applied.items:
             txn.save_workitem(changed)
         for change in applied.changes:
@@ -141,6 +144,19 @@ class Apply:
         ctx.txn.attach_email(item.ref, email_id, "sent")
         ctx.txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=True)
         ctx.note(f"acknowledgement queued as email {email_id}")
+
+
+def _reopen_allowed(ctx: Context, ref: str) -> bool:
+    """R-B3, second loop breaker: mail may reopen one RESOLVED item ``reopen_budget``
+    times a window. Past it the mail is still appended (new_info, never lost), but the
+    item stays RESOLVED: an autoresponder answering the resolution notice cannot keep
+    pulling a ticket back into the queue."""
+    budget, window = ctx.settings.reopen_budget, ctx.settings.reopen_window
+    if not budget or ctx.txn.reopens(ref, ctx.txn.now - window) < budget:
+        return True
+    ctx.note(f"{ref} stays RESOLVED: mail reopened it {budget} times in the last "
+             f"{window / 3600:g} hours, its budget (R-B3, [loops] reopen_budget)")
+    return False
 
 
 def _contacts(mail: Mail, ctx: Context) -> list[str]:

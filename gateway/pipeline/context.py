@@ -30,6 +30,10 @@ class PipelineSettings:
     message_id_domain: str = "mailgate.invalid"
     dedup_window_days: int = 30              # R-D4
     ack_budget_per_day: int = 10             # R-B3: automated mails per recipient a day
+    sender_budget: int = 20                  # R-B3: copies per sender per connector ...
+    sender_window: float = 600.0             # ... in this many seconds (0 budget: off)
+    reopen_budget: int = 5                   # R-B3: reopens by mail per work item ...
+    reopen_window: float = 86400.0           # ... in this many seconds (0 budget: off)
 
 
 @dataclass
@@ -58,6 +62,7 @@ class Context:
     # what the stages found, in pipeline order
     f1: str | None = None
     fingerprints: tuple[str, ...] = ()
+    sender: str | None = None                              # R-B3: whose budget it counts on
     autogen_rule: str | None = None
     visible: list[str] = field(default_factory=list)       # visible K-addresses (mailboxes)
     tags: list[str] = field(default_factory=list)          # refs from plus tags (R-P1)

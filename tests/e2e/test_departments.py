@@ -30,7 +30,8 @@ async def test_r_e4_new_mail_creates_a_ticket_and_queues_an_acknowledgement(gw):
     assert ack["Message-ID"].endswith(f".{item.uuid}@mailgate.invalid>")   # R-O3
     assert f"[WI-{item.uuid}]" in ack.get_content()
     assert [line["stage"] for line in copy.trace] == [
-        "sent-id", "dedup", "auto-generated", "plus-address", "match", "route", "apply"]
+        "sent-id", "dedup", "auto-generated", "plus-address", "match", "route", "sender-budget",
+        "apply"]
 
 
 async def test_r_m2_simple_reply_to_the_acknowledgement_appends(gw):

@@ -121,7 +121,8 @@ async def test_r_i4_many_messages_are_removed_together_and_only_once_all_are_com
     user = dovecot.new_user("many")
     checks: list = []
     db_path = str(tmp_path / "mailgate.db")
-    messages = [mail(to=(user,), subject=f"Parcel {n} is late") for n in range(250)]
+    messages = [mail(to=(user,), sender=f"customer{n}@example.org", subject=f"Parcel {n} is late")
+                for n in range(250)]                                  # 250 customers (R-B3)
     await asyncio.to_thread(dovecot.seed, user, [raw(m) for m in messages])  # before the
     gw = await polled_gateway(                                   # poller's first round
         start_gateway, dovecot, user,

@@ -20,8 +20,9 @@ def test_explain_prints_the_trace_and_changes_nothing(tmp_path):
                          timeout=60)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert [line.split()[0] for line in lines[:7]] == [
-        "sent-id", "dedup", "auto-generated", "plus-address", "match", "route", "apply"]
+    assert [line.split()[0] for line in lines[:8]] == [
+        "sent-id", "dedup", "auto-generated", "plus-address", "match", "route", "sender-budget",
+        "apply"]
     assert "outcome: created -> 1-T (created)" in run.stdout
     with sqlite3.connect(tmp_path / "mailgate.db") as db:
         assert db.execute("SELECT COUNT(*) FROM emails").fetchone()[0] == 0

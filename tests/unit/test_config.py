@@ -207,3 +207,26 @@ def test_shipped_example_config_is_valid():
     example = Path(__file__).resolve().parents[2] / "conf" / "gateway.toml"
     settings = load(str(example), env={})
     assert settings.directory.connectors[0].primary_address == "support@helpdesk.example.com"
+
+
+def test_r_b3_loop_budgets_are_on_by_default_and_zero_turns_one_off(tmp_path):
+    defaults = load(None, env={})
+    assert (defaults.loops.sender_budget, defaults.loops.sender_window_minutes) == (20, 10)
+    assert (defaults.loops.reopen_budget, defaults.loops.reopen_window_hours) == (5, 24)
+    path = write(tmp_path, """
+        [loops]
+        sender_budget = 0
+        """)
+    settings = load(str(path), env={"MAILGATE_LOOPS_REOPEN_BUDGET": "2"})
+    assert (settings.loops.sender_budget, settings.loops.reopen_budget) == (0, 2)
+
+
+def test_r_b3_a_negative_budget_or_an_empty_window_is_reported_with_its_line(tmp_path):
+    path = write(tmp_path, """
+        [loops]
+        sender_budget = -1
+        sender_window_minutes = 0
+        """)
+    found = problems(path)
+    assert f"{path}:3: [loops] sender_budget = -1: must be 0 (no limit) or more" in found
+    assert f"{path}:4: [loops] sender_window_minutes = 0: must be greater than 0" in found

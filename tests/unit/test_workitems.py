@@ -465,6 +465,15 @@ def test_r_e2_apply_needs_the_parent_of_an_action_waiting_for_more_info():
         apply_email(action, wi("3-C"))
 
 
+@pytest.mark.parametrize("ref", ["1-T", "1-C"])
+def test_r_b3_a_spent_reopen_budget_appends_to_a_resolved_item_without_reopening_it(ref):
+    effects = apply_email(wi(ref, "RESOLVED"), reopen=False)
+    assert (effects.item(ref).state, effects.item(ref).new_info) == ("RESOLVED", True)
+    assert effects.changes == ()
+    reopened = apply_email(wi(ref, "RESOLVED"))
+    assert reopened.item(ref).state == "TO_DO"
+
+
 def test_r_m5_apply_refuses_a_closed_item():
     with pytest.raises(RuleViolation) as err:
         apply_email(wi("1-T", "CLOSED"))
