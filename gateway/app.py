@@ -31,6 +31,7 @@ from gateway.webhooks import WebhookSender
 from gateway.intake import Intake
 from gateway.model import Connector, Route, RouteRules, RouteTarget, WorkItem
 from gateway.operations import Operations
+from gateway.pipeline.classify import CLASSIFIER, read_classifier
 from gateway.pipeline.context import PipelineSettings
 from gateway.pipeline.runner import Runner
 from gateway.pollers import Pollers
@@ -101,7 +102,9 @@ class Gateway:
             sender_budget=settings.loops.sender_budget,
             sender_window=settings.loops.sender_window_minutes * 60.0,
             reopen_budget=settings.loops.reopen_budget,
-            reopen_window=settings.loops.reopen_window_hours * 3600.0)
+            reopen_window=settings.loops.reopen_window_hours * 3600.0,
+            classifier=(read_classifier(settings.autogen.classes_file)
+                        if settings.autogen.classes_file else CLASSIFIER))
         self.pipeline = Runner(self.store, lambda: self.directory, lambda: self.pipeline_settings,
                                observer=self.metrics.pipeline_observer())
         self.ops = Operations(self.store, self.reload_directory)

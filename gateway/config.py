@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import presets
+from gateway.pipeline.classify import RulesError, read_classifier
 from gateway.connector_checks import (POLL_CHECKS, connector_problems, credential_problems,
                                       implied_protocol, with_preset)
 from gateway.model import CONNECTOR_DEFAULTS, POLL_FIELDS, SECRET_FIELDS, Connector
@@ -93,6 +94,7 @@ class MatchingSection:
 class AutogenSection:
     extended: bool = True
     disabled: tuple[str, ...] = ()      # R-A2 rules turned off one by one
+    classes_file: str = ""              # R-B4: an admin's rules, tried before the shipped ones
 
 
 @dataclass(frozen=True)
@@ -609,6 +611,12 @@ def _check_cross_field(settings: Settings, loader: _Loader) -> None:
         if not (hook.secret or hook.secret_file):
             loader.problem("webhooks", "secret", "[[webhooks]] needs secret or secret_file: "
                            "receivers verify the X-Mailgate-Signature with it")
+    if settings.autogen.classes_file:
+        try:
+            read_classifier(settings.autogen.classes_file)
+        except (OSError, RulesError) as exc:
+            detail = f"cannot read it: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+            loader.problem("autogen", "classes_file", f"[autogen] classes_file: {detail}")
     named = {c.name for c in settings.directory.connectors}
     for route in settings.directory.routes:
         if route.connector not in named:

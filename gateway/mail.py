@@ -76,6 +76,9 @@ _BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"]*)"|([^;\s]+))', re.I)
 _HTML_DROP = re.compile(r"<(script|style)\b.*?(?:</\1\s*>|\Z)", re.I | re.S)
 _HTML_BREAK = re.compile(r"<(?:br|/p|/div|/tr|/li|/h[1-6])\b[^<>]*>", re.I)
 _HTML_TAG = re.compile(r"<[^<>]*>")
+_ENCLOSING = ("message/rfc822", "message/global")
+_QUOTED_MESSAGE_ID = re.compile(r"^[ \t>]*message-id:[ \t]*((?:\r?\n[ \t]+)?<[^<>\s]{1,998}>)",
+                                re.I | re.M)
 
 
 class _lazy:
@@ -108,6 +111,7 @@ class _Body(NamedTuple):
     text: str = ""
     attachments: tuple[Attachment, ...] = ()
     child_types: tuple[str, ...] = ()
+    embedded_ids: tuple[str, ...] = ()    # Message-IDs of enclosed messages (R-B4 bounces)
 
 
 class Mail:
@@ -267,6 +271,12 @@ class Mail:
     def child_content_types(self) -> list[str]:
         """Content types of the top-level multipart's direct children (R-A1 reports)."""
         return list(self._body.child_types)
+
+    @property
+    def embedded_message_ids(self) -> list[str]:
+        """Message-IDs of the messages this one encloses (``message/rfc822``) or whose
+        headers it quotes (``text/rfc822-headers``): a bounce names the mail that bounced."""
+        return list(self._body.embedded_ids)
 
     @property
     def parse_error(self) -> str | None:
@@ -481,6 +491,7 @@ def _extract(root, limits: ParseLimits) -> _Body:
     plain: list[str] = []
     markup: list[str] = []
     attachments: list[Attachment] = []
+    embedded: list[str] = []
     child_types = tuple(c.get_content_type() for c in root.get_payload()) \
         if root.get_content_maintype() == "multipart" and root.is_multipart() else ()
     stack, count = [(root, 0)], 0
@@ -489,6 +500,8 @@ def _extract(root, limits: ParseLimits) -> _Body:
         ctype = part.get_content_type()
         filename = part.get_filename()
         is_attachment = bool(filename) or part.get_content_disposition() == "attachment"
+        if ctype in _ENCLOSING and part.is_multipart():
+            embedded += _msg_ids(str(part.get_payload(0).get("message-id", "")))
         if part.is_multipart():
             if ctype.startswith("message/") and is_attachment:
                 buffer = BytesIO()
@@ -508,6 +521,8 @@ def _extract(root, limits: ParseLimits) -> _Body:
                 continue
         else:
             content = part.get_payload(decode=True) or b""
+        if ctype == "text/rfc822-headers":
+            embedded += quoted_message_ids(_text(content, part.get_content_charset()))
         if is_attachment:
             attachments.append(Attachment(_display(_unescape(filename or "")),
                                           hashlib.sha256(content).hexdigest(), len(content), ctype))
@@ -517,7 +532,12 @@ def _extract(root, limits: ParseLimits) -> _Body:
             markup.append(_text(content, part.get_content_charset()))
     text = "\n".join(p for p in plain if p) if plain else "\n".join(
         _strip_html(m) for m in markup if m)
-    return _Body(None, text, tuple(attachments), child_types)
+    return _Body(None, text, tuple(attachments), child_types, tuple(embedded))
+
+
+def quoted_message_ids(text: str) -> list[str]:
+    """Message-IDs of ``Message-ID:`` header lines quoted in ``text`` (folded or not)."""
+    return [m for found in _QUOTED_MESSAGE_ID.finditer(text) for m in _msg_ids(found[1])]
 
 
 def _strip_html(markup: str) -> str:

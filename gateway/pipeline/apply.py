@@ -14,7 +14,7 @@ from gateway import workitems
 from gateway.mail import Mail
 from gateway.model import Route, WorkItem
 from gateway.outbound import compose_ack
-from gateway.pipeline.ack_policy import list_mail, never_automated
+from gateway.pipeline.ack_policy import never_automated
 from gateway.pipeline.context import Context, Verdict
 from gateway.pipeline.dedup import already_received, remember
 
@@ -112,9 +112,8 @@ class Apply:
         if not mail.from_address:
             ctx.note(f"no acknowledgement for {item.ref}: no sender address")
             return
-        from_list = list_mail(mail)
-        if from_list:
-            ctx.note(f"no acknowledgement for {item.ref}: {from_list} (R-B3)")
+        if ctx.mail_class == "list":
+            ctx.note(f"no acknowledgement for {item.ref}: list mail, class list of R-B4 (R-B3)")
             return
         own = ctx.directory.owner
         cc = [a for a in mail.cc_addresses if own(a) is None] if route.ack_cc else []

@@ -17,6 +17,7 @@ from typing import Any, Coroutine, Protocol
 from gateway.directory import Directory
 from gateway.mail import Mail
 from gateway.model import Connector, Route, TraceLine
+from gateway.pipeline.classify import CLASSIFIER, Classifier
 from storage.txn import SyncTxn
 
 
@@ -34,6 +35,7 @@ class PipelineSettings:
     sender_window: float = 600.0             # ... in this many seconds (0 budget: off)
     reopen_budget: int = 5                   # R-B3: reopens by mail per work item ...
     reopen_window: float = 86400.0           # ... in this many seconds (0 budget: off)
+    classifier: Classifier = CLASSIFIER      # R-B4: the shipped rules or [autogen] classes_file
 
 
 @dataclass
@@ -64,6 +66,8 @@ class Context:
     fingerprints: tuple[str, ...] = ()
     sender: str | None = None                              # R-B3: whose budget it counts on
     autogen_rule: str | None = None
+    mail_class: str | None = None                          # R-B4: auto_reply, bounce, list …
+    bounce_of: str | None = None                           # R-B4: the Message-ID that bounced
     visible: list[str] = field(default_factory=list)       # visible K-addresses (mailboxes)
     tags: list[str] = field(default_factory=list)          # refs from plus tags (R-P1)
     matches: list[MatchHit] = field(default_factory=list)

@@ -7,7 +7,8 @@ rule 1 against earlier *incoming* mail only (R-M3).
 The standard rules (R-M2), first hit wins, items of connector K only:
 1. In-Reply-To is a gateway Message-ID → its work item; else In-Reply-To, then
    References newest first, equals the Message-ID of an earlier email placed
-   on an item (how a CC'd person's reply finds the original item);
+   on an item (how a CC'd person's reply finds the original item). A bounce's
+   original Message-ID (R-B4) comes first, as if it were In-Reply-To;
 2. the body holds ``[WI-<uuid>]``;
 3. the Subject holds the ref of an existing item;
 4. the body holds such a ref.
@@ -118,12 +119,14 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
     found: list[tuple[MatchHit, WorkItem]] = []
     txn = ctx.txn
     pattern = gateway_message_id(ctx.settings.message_id_domain)
-    for message_id in mail.in_reply_to:
+    # R-B4: a bounce answers the mail it returns, as a reply's In-Reply-To would.
+    replied = [ctx.bounce_of, *mail.in_reply_to] if ctx.bounce_of else mail.in_reply_to
+    for message_id in replied:
         gateway_id = pattern.fullmatch(message_id)
         item = txn.workitem_by_uuid(gateway_id.group(2)) if gateway_id else None
         if item:
             found.append((MatchHit(item.ref, "gateway_message_id"), item))
-    chain = [("in_reply_to", m) for m in mail.in_reply_to]
+    chain = [("bounce_of" if m == ctx.bounce_of else "in_reply_to", m) for m in replied]
     chain += [("references", m) for m in reversed(mail.references)]
     for method, message_id in chain:
         for ref in txn.placed_on(message_id):

@@ -292,7 +292,7 @@ class Runner(Worker):
         Raises LookupError (unknown email, ref or route) or ValueError (not unprocessed)."""
         from gateway import workitems
         from gateway.pipeline import fingerprints
-        from gateway.pipeline.auto_generated import detect
+        from gateway.pipeline.auto_generated import classify_into, detect
 
         directory, settings = self.directory(), self.settings()
 
@@ -318,6 +318,7 @@ class Runner(Worker):
                                 "F3:" + fingerprints.f3(mail))
             ctx.autogen_rule = detect(mail, extended=settings.autogen_extended,
                                       disabled=settings.autogen_disabled)
+            classify_into(ctx, mail)
             if ref is not None:
                 canonical = workitems.canonical_ref(ref) or ref
                 if txn.workitem(canonical) is None:

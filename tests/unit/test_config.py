@@ -230,3 +230,21 @@ def test_r_b3_a_negative_budget_or_an_empty_window_is_reported_with_its_line(tmp
     found = problems(path)
     assert f"{path}:3: [loops] sender_budget = -1: must be 0 (no limit) or more" in found
     assert f"{path}:4: [loops] sender_window_minutes = 0: must be greater than 0" in found
+
+
+def test_r_b4_an_admins_own_class_rules_are_checked_with_the_config(tmp_path):
+    rules = tmp_path / "classes.toml"
+    rules.write_text('version = 2\n[[rule]]\nname = "vendor-ndr"\nclass = "bounce"\n'
+                     'header = "x-vendor-ndr"\n')
+    path = write(tmp_path, f"""
+        [autogen]
+        classes_file = "{rules}"
+        """)
+    assert load(str(path), env={}).autogen.classes_file == str(rules)
+    rules.write_text('version = 2\n[[rule]]\nname = "vendor-ndr"\nclass = "bounced"\n'
+                     'header = "x-vendor-ndr"\n')
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}:3: [autogen] classes_file: {rules}: rule 1")
+    assert "class = 'bounced': use one of auto_reply, bounce, list, notification" in problem
+    rules.unlink()
+    assert "cannot read it" in problems(path)[0]
