@@ -45,11 +45,11 @@ class ClassRule:
                 return False
             if self.matches is not None and not any(self.matches.search(v) for v in values):
                 return False
-        if self.subject is not None and not self.subject.search(mail.subject):
+        if self.content_type and mail.content_type not in self.content_type:
             return False
         if self.from_local and not self._from_local(mail):
             return False
-        if self.content_type and mail.content_type not in self.content_type:
+        if self.subject is not None and not self.subject.search(mail.subject):
             return False
         if self.child_type and not self.child_type.intersection(mail.child_content_types):
             return False
