@@ -94,6 +94,9 @@ class Gateway:
         self.pipeline_settings = PipelineSettings(
             matching_mode=settings.matching.mode,
             hide_plus_in_from=settings.matching.hide_plus_in_from,
+            ref_requires_participant=settings.matching.ref_requires_participant,
+            trusted_authserv_ids=frozenset(
+                a.lower() for a in settings.matching.trusted_authserv_ids),
             autogen_extended=settings.autogen.extended,
             autogen_disabled=frozenset(settings.autogen.disabled),
             message_id_domain=settings.gateway.message_id_domain,

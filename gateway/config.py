@@ -88,6 +88,8 @@ class HttpSection:
 class MatchingSection:
     mode: str = "off"
     hide_plus_in_from: bool = False
+    ref_requires_participant: bool = False      # R-B2 sender binding
+    trusted_authserv_ids: tuple[str, ...] = ()  # R-B2: MTAs whose Authentication-Results count
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ class PipelineSettings:
     """The settings the rules read (SPEC §5.2 [matching], [autogen], [gateway])."""
     matching_mode: str = "off"               # off | mixed | plus_only (R-M1)
     hide_plus_in_from: bool = False
+    ref_requires_participant: bool = False   # R-B2
+    trusted_authserv_ids: frozenset[str] = frozenset()
     autogen_extended: bool = True            # R-A2
     autogen_disabled: frozenset[str] = frozenset()
     message_id_domain: str = "mailgate.invalid"

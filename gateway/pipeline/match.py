@@ -12,6 +12,8 @@ The standard rules (R-M2), first hit wins, items of connector K only:
 2. the body holds ``[WI-<uuid>]``;
 3. the Subject holds the ref of an existing item;
 4. the body holds such a ref.
+With R-B2 sender binding on, a ref of rules 3–4 counts only for a participant
+of the item (``sender_binding``); the trace says which refs were passed over.
 
 Resolution (R-M5) follows splits, merges, conversions and closed items to the
 item that really takes the mail; a closed item with no open parent asks
@@ -25,6 +27,7 @@ from gateway import workitems
 from gateway.mail import Mail
 from gateway.model import WorkItem
 from gateway.pipeline.context import Context, MatchHit, Verdict
+from gateway.pipeline.sender_binding import why_not_participant
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 BODY_TAG = re.compile(rf"\[WI-({_UUID})\]")
@@ -138,11 +141,21 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
         item = txn.workitem_by_uuid(uuid)
         if item:
             found.append((MatchHit(item.ref, "body_tag"), item))
+    bound = ctx.settings.ref_requires_participant
+    refused: dict[str, str] = {}
     for method, text in (("subject_ref", mail.subject), ("body_ref", body)):
         for ref in dict.fromkeys(refs_in_text(text)):
             item = txn.workitem(ref)
-            if item:
-                found.append((MatchHit(item.ref, method), item))
+            if item is None or item.ref in refused:
+                continue
+            why = why_not_participant(mail, item, ctx.settings.trusted_authserv_ids) \
+                if bound else None
+            if why is not None:
+                refused[item.ref] = why
+                continue
+            found.append((MatchHit(item.ref, method), item))
+    for ref, why in refused.items():
+        ctx.note(f"ref {ref} not used: {why} (R-B2)")
     ctx._match_candidates = found
     return found
 

@@ -248,3 +248,19 @@ def test_r_b4_an_admins_own_class_rules_are_checked_with_the_config(tmp_path):
     assert "class = 'bounced': use one of auto_reply, bounce, list, notification" in problem
     rules.unlink()
     assert "cannot read it" in problems(path)[0]
+
+
+def test_r_b2_sender_binding_settings_load_from_file_and_env(tmp_path):
+    path = write(tmp_path, """
+        [matching]
+        ref_requires_participant = true
+        trusted_authserv_ids = ["mx1.example.com", "mx2.example.com"]
+        """)
+    settings = load(str(path), env={})
+    assert settings.matching.ref_requires_participant is True
+    assert settings.matching.trusted_authserv_ids == ("mx1.example.com", "mx2.example.com")
+    path = write(tmp_path, """
+        [matching]
+        trusted_authserv_ids = "mx1.example.com"
+        """)
+    assert "trusted_authserv_ids" in problems(path)[0]

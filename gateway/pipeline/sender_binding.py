@@ -1,0 +1,80 @@
+"""R-B2 sender binding: who may post into a work item by naming its ref.
+
+Refs are short sequential numbers (``123-T``), so anyone can guess one. With
+``[matching] ref_requires_participant = true`` a ref found in the Subject or
+the body (R-M2 rules 3–4) only counts when the sender takes part in the item:
+
+- the sender is one of its contacts;
+- the sender shares a contact's domain (a colleague writing for the customer);
+- or a trusted MTA vouches for a contact's domain: an ``Authentication-Results``
+  header (RFC 8601) whose authserv-id is in ``trusted_authserv_ids`` reports
+  ``dmarc=pass`` for that ``header.from`` domain or ``dkim=pass`` for that
+  ``header.d`` domain (or a parent of it).
+
+A pass for some other domain proves nothing about the item: an attacker's own
+domain passes DMARC too. Rules 1–2 (a reply to our Message-ID, the
+``[WI-uuid]`` tag) are not guessable and are not bound.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+from gateway.directory import normalize_address
+from gateway.mail import Mail
+from gateway.model import WorkItem
+
+_COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
+_RESULT = re.compile(r"^\s*([a-z0-9_-]+)\s*=\s*([a-z]+)\b(.*)$", re.I | re.S)
+_PROPERTY = re.compile(r"\b(header\.(?:from|d|i))\s*=\s*\"?([^\s;\"]+)", re.I)
+
+
+def authenticated_domains(mail: Mail, trusted: Iterable[str]) -> set[str]:
+    """Domains a trusted MTA says passed DMARC (``header.from``) or DKIM (``header.d``,
+    ``header.i``) for this mail. Headers from any other authserv-id are ignored: anyone
+    can write an Authentication-Results header into the mail they send."""
+    trusted = {t.lower() for t in trusted}
+    if not trusted:
+        return set()
+    domains: set[str] = set()
+    for value in mail.headers("authentication-results"):
+        serv_id, *results = _COMMENT.sub(" ", value).split(";")
+        if (serv_id.split() or [""])[0].lower() not in trusted:
+            continue
+        for result in results:
+            found = _RESULT.match(result)
+            if not found or found[2].lower() != "pass":
+                continue
+            method = found[1].lower()
+            for ptype, value_ in _PROPERTY.findall(found[3]):
+                ptype = ptype.lower()
+                if (method == "dmarc" and ptype == "header.from") or \
+                        (method == "dkim" and ptype in ("header.d", "header.i")):
+                    domains.add(value_.rpartition("@")[2].lower().rstrip("."))
+    return domains
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def _covers(authenticated: str, domain: str) -> bool:
+    return domain == authenticated or domain.endswith("." + authenticated)
+
+
+def why_not_participant(mail: Mail, item: WorkItem, trusted: Iterable[str]) -> str | None:
+    """None when the sender takes part in ``item``; else why not, for the trace."""
+    sender = mail.from_address
+    if sender is None:
+        return "the sender is not one mailbox"
+    contacts = {normalize_address(c) for c in item.contacts}
+    if normalize_address(sender) in contacts:
+        return None
+    domains = {_domain(c) for c in contacts}
+    if _domain(sender) in domains:
+        return None
+    passed = authenticated_domains(mail, trusted)
+    if any(_covers(a, d) for a in passed for d in domains):
+        return None
+    return (f"{sender} is not a contact of {item.ref} and shares no contact's domain"
+            + ("" if not passed else f" (authenticated only for {', '.join(sorted(passed))})"))
