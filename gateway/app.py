@@ -34,6 +34,7 @@ from gateway.operations import Operations
 from gateway.pipeline.classify import CLASSIFIER, read_classifier
 from gateway.pipeline.context import PipelineSettings
 from gateway.pipeline.runner import Runner
+from gateway.tokens import Tokens
 from gateway.pollers import Pollers
 from gateway.protocols.data import DataLimits
 from gateway.protocols.lmtp import LmtpSession
@@ -380,6 +381,16 @@ class Gateway:
         known = {k: v for k, v in stored.items() if k in self.SETTABLE}
         if known:
             self.pipeline_settings = dataclasses.replace(self.pipeline_settings, **known)
+        matching = self.settings.matching
+        if matching.sign_tokens:
+            # R-B1: the transition window runs from the first start with signing on.
+            since = stored.get("sign_tokens_since")
+            if since is None:
+                since = time.time()
+                await self.store.save_settings({"sign_tokens_since": since})
+            tokens = Tokens(secret=matching.token_secret.encode(), since=since,
+                            unsigned_until=since + matching.unsigned_token_days * 86400)
+            self.pipeline_settings = dataclasses.replace(self.pipeline_settings, tokens=tokens)
 
     def runtime_settings(self) -> dict:
         return {key: getattr(self.pipeline_settings, key) for key in self.SETTABLE}

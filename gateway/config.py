@@ -90,6 +90,10 @@ class MatchingSection:
     hide_plus_in_from: bool = False
     ref_requires_participant: bool = False      # R-B2 sender binding
     trusted_authserv_ids: tuple[str, ...] = ()  # R-B2: MTAs whose Authentication-Results count
+    sign_tokens: bool = False                   # R-B1 signed plus tags, body tags, Message-IDs
+    token_secret: str = ""                      # or token_secret_file, or the environment
+    token_secret_file: str = ""
+    unsigned_token_days: int = 30               # R-B1 transition window after signing starts
 
 
 @dataclass(frozen=True)
@@ -289,13 +293,14 @@ CHOICES = {
     ("directory.connectors", "smtp_tls"): ("none", "starttls", "implicit"),
 }
 SECRET_FILES = {"admin_token_file": "admin_token", "auth_password_file": "auth_password",
+                "token_secret_file": "token_secret",
                 "password_file": "password", "client_secret_file": "client_secret",
                 "certificate_password_file": "certificate_password"}
 LISTEN_KEYS = {("lmtp", "listen"), ("smtp", "listen"), ("http", "listen")}
 POSITIVE_KEYS = {"ack_budget_per_day", "retry_initial", "retry_max", "max_lifetime", "max_message_size", "max_recipients", "max_line_length", "max_header_count",
                  "commit_batch_max", "window_days", "timeout", "drain_timeout",
                  "sender_window_minutes", "reopen_window_hours"}
-NON_NEGATIVE_KEYS = {"sender_budget", "reopen_budget"}     # 0: off
+NON_NEGATIVE_KEYS = {"sender_budget", "reopen_budget", "unsigned_token_days"}     # 0: off
 
 
 TABLE_ARRAYS = {"connectors": BootstrapConnector, "routes": BootstrapRoute, "dkim": DkimKey,
@@ -613,6 +618,12 @@ def _check_cross_field(settings: Settings, loader: _Loader) -> None:
         if not (hook.secret or hook.secret_file):
             loader.problem("webhooks", "secret", "[[webhooks]] needs secret or secret_file: "
                            "receivers verify the X-Mailgate-Signature with it")
+    matching = settings.matching
+    if matching.sign_tokens and len(matching.token_secret.encode()) < 16:
+        loader.problem("matching", "sign_tokens",
+                       "R-B1: [matching] sign_tokens = true needs a token_secret of at least 16 "
+                       "bytes: set token_secret_file (e.g. made with `head -c 32 /dev/urandom "
+                       "| base64`) or MAILGATE_MATCHING_TOKEN_SECRET")
     if settings.autogen.classes_file:
         try:
             read_classifier(settings.autogen.classes_file)

@@ -153,7 +153,7 @@ class Operations:
         R-O2: in modes mixed/plus_only a gateway address in To/Cc that belongs to the
         connector of a linked item carries that item's tag, so the copy lands there.
         Returns (email id, Message-ID)."""
-        from gateway.outbound import compose_agent_mail, plain_address
+        from gateway.outbound import compose_agent_mail, plain_address, plus_tagged
 
         for field, addresses in (("to", to), ("cc", cc)):
             bad = [a for a in addresses if not plain_address(a)]
@@ -177,8 +177,7 @@ class Operations:
                     if match is None:
                         result.append(address)
                         continue
-                    local, _, domain = address.partition("@")
-                    result.append(f"{local.split('+', 1)[0]}+{match.ref}@{domain}")
+                    result.append(plus_tagged(address, match.ref, settings.tokens))
                     shared.append(match.ref)
                 return result
 
@@ -187,7 +186,8 @@ class Operations:
                 item=item, connector=sender, to=to_tagged, cc=cc_tagged, subject=subject,
                 attachments=list(attachments),
                 body=body, in_reply_to=in_reply_to, domain=settings.message_id_domain,
-                mode=settings.matching_mode, hide_plus_in_from=settings.hide_plus_in_from)
+                mode=settings.matching_mode, hide_plus_in_from=settings.hide_plus_in_from,
+                tokens=settings.tokens)
             email_id = await txn.store_outgoing(
                 message.as_bytes(), connector=sender.name, message_id=message_id,
                 mail_from=sender.primary_address, rcpt_to=[*to_tagged, *cc_tagged],

@@ -14,6 +14,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 
 from gateway.model import Connector, WorkItem
+from gateway.tokens import Tokens
 
 # CRLF for SMTP; lines up to RFC 5322's 998 so that long Message-IDs in In-Reply-To
 # and References are never folded into encoded-words (which this Python's email
@@ -37,30 +38,37 @@ def plain_address(address: str) -> bool:
     return bool(_PLAIN_ADDRESS.fullmatch(address))
 
 
-def new_message_id(item: WorkItem, domain: str) -> str:
-    """R-O3: ``<EMAIL-UUID.WORKITEM-UUID@DOMAIN>``: the reply finds its item by rule 1."""
-    return f"<{uuid.uuid4()}.{item.uuid}@{domain}>"
+def new_message_id(item: WorkItem, domain: str, tokens: Tokens = Tokens()) -> str:
+    """R-O3: ``<EMAIL-UUID.WORKITEM-UUID@DOMAIN>``: the reply finds its item by rule 1
+    (R-B1: the work-item part signed, ``WORKITEM-UUID.sig``)."""
+    return f"<{uuid.uuid4()}.{item.uuid}{tokens.suffix(item.uuid)}@{domain}>"
 
 
-def body_tag(item: WorkItem) -> str:
-    """R-O3: the unique identifier tag R-M2 rule 2 looks for."""
-    return f"[WI-{item.uuid}]"
+def body_tag(item: WorkItem, tokens: Tokens = Tokens()) -> str:
+    """R-O3: the unique identifier tag R-M2 rule 2 looks for (R-B1: ``[WI-uuid.sig]``)."""
+    return f"[WI-{item.uuid}{tokens.suffix(item.uuid)}]"
 
 
-def from_address(connector: Connector, item: WorkItem, mode: str) -> str:
+def plus_tagged(address: str, ref: str, tokens: Tokens = Tokens()) -> str:
+    """``local+REF@domain`` (R-B1: ``local+REF.sig@domain``), any old tag replaced."""
+    local, _, domain = address.partition("@")
+    return f"{local.split('+', 1)[0]}+{ref}{tokens.suffix(ref)}@{domain}"
+
+
+def from_address(connector: Connector, item: WorkItem, mode: str,
+                 tokens: Tokens = Tokens()) -> str:
     """R-O2: ``local+REF@domain`` in modes mixed and plus_only, else the plain address."""
     if mode not in ("mixed", "plus_only"):
         return connector.primary_address
-    local, _, domain = connector.primary_address.partition("@")
-    return f"{local}+{item.ref}@{domain}"
+    return plus_tagged(connector.primary_address, item.ref, tokens)
 
 
 def _compose(*, item: WorkItem, connector: Connector, to: list[str], cc: list[str],
              subject: str, in_reply_to: str | None, domain: str, mode: str,
-             hide_plus_in_from: bool) -> tuple[EmailMessage, str]:
+             hide_plus_in_from: bool, tokens: Tokens = Tokens()) -> tuple[EmailMessage, str]:
     """What every mail about a work item carries: From (R-O2), Message-ID (R-O3), threading."""
     message = EmailMessage(policy=WIRE_POLICY)
-    tagged = from_address(connector, item, mode)
+    tagged = from_address(connector, item, mode, tokens)
     if hide_plus_in_from and tagged != connector.primary_address:
         message["From"] = connector.primary_address
         message["Reply-To"] = tagged
@@ -71,7 +79,7 @@ def _compose(*, item: WorkItem, connector: Connector, to: list[str], cc: list[st
         message["Cc"] = ", ".join(clean_header(a) for a in cc)
     message["Subject"] = subject
     message["Date"] = formatdate(localtime=False)
-    message_id = new_message_id(item, domain)
+    message_id = new_message_id(item, domain, tokens)
     message["Message-ID"] = message_id
     reference = clean_header(in_reply_to or "")
     if _MESSAGE_ID.fullmatch(reference):    # anything else would be junk in the header
@@ -83,7 +91,7 @@ def _compose(*, item: WorkItem, connector: Connector, to: list[str], cc: list[st
 def compose_ack(*, item: WorkItem, subject: str, **common) -> tuple[EmailMessage, str]:
     """R-O5: acknowledge a new work item; marked automated so replies to it are ignored (R-A3).
 
-    ``common``: connector, to, cc, in_reply_to, domain, mode, hide_plus_in_from.
+    ``common``: connector, to, cc, in_reply_to, domain, mode, hide_plus_in_from, tokens.
     """
     original = clean_header(subject)[:900]
     message, message_id = _compose(
@@ -93,7 +101,8 @@ def compose_ack(*, item: WorkItem, subject: str, **common) -> tuple[EmailMessage
     message["X-Auto-Response-Suppress"] = "All"
     message.set_content(
         f"We have received your message and registered it as {item.ref}.\n"
-        f"Please keep {item.ref} in the subject of any reply.\n\n{body_tag(item)}\n")
+        f"Please keep {item.ref} in the subject of any reply.\n\n"
+        f"{body_tag(item, common.get('tokens', Tokens()))}\n")
     return message, message_id
 
 
@@ -103,7 +112,7 @@ def compose_agent_mail(*, item: WorkItem, subject: str, body: str,
     """R-O6: an agent's mail about a work item; not automated, so auto-replies to it count.
     ``attachments``: (file name, content type ``main/sub``, bytes)."""
     message, message_id = _compose(item=item, subject=clean_header(subject)[:900], **common)
-    message.set_content(f"{body.rstrip()}\n\n{body_tag(item)}\n")
+    message.set_content(f"{body.rstrip()}\n\n{body_tag(item, common.get('tokens', Tokens()))}\n")
     for filename, content_type, data in attachments:
         maintype, _, subtype = content_type.partition("/")
         message.add_attachment(data, maintype=maintype, subtype=subtype,

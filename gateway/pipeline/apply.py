@@ -134,7 +134,7 @@ class Apply:
             item=item, connector=ctx.connector, to=to, cc=cc,
             subject=mail.subject, in_reply_to=mail.message_id,
             domain=ctx.settings.message_id_domain, mode=ctx.settings.matching_mode,
-            hide_plus_in_from=ctx.settings.hide_plus_in_from)
+            hide_plus_in_from=ctx.settings.hide_plus_in_from, tokens=ctx.settings.tokens)
         raw = message.as_bytes()
         email_id = ctx.txn.store_outgoing(
             raw, connector=ctx.connector.name, message_id=message_id,

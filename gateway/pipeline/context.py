@@ -18,6 +18,7 @@ from gateway.directory import Directory
 from gateway.mail import Mail
 from gateway.model import Connector, Route, TraceLine
 from gateway.pipeline.classify import CLASSIFIER, Classifier
+from gateway.tokens import Tokens
 from storage.txn import SyncTxn
 
 
@@ -38,6 +39,7 @@ class PipelineSettings:
     reopen_budget: int = 5                   # R-B3: reopens by mail per work item ...
     reopen_window: float = 86400.0           # ... in this many seconds (0 budget: off)
     classifier: Classifier = CLASSIFIER      # R-B4: the shipped rules or [autogen] classes_file
+    tokens: Tokens = Tokens()                # R-B1: signing off unless configured
 
 
 @dataclass

@@ -28,15 +28,17 @@ from gateway.mail import Mail
 from gateway.model import WorkItem
 from gateway.pipeline.context import Context, MatchHit, Verdict
 from gateway.pipeline.sender_binding import why_not_participant
+from gateway.tokens import SIGNATURE
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-BODY_TAG = re.compile(rf"\[WI-({_UUID})\]")
+BODY_TAG = re.compile(rf"\[WI-({_UUID})(?:\.({SIGNATURE}))?\]")
 _CLOSURE_LIMIT = 200
 
 
 def gateway_message_id(domain: str) -> re.Pattern:
-    """R-O3: ``<EMAIL-UUID.WORKITEM-UUID@DOMAIN>``."""
-    return re.compile(rf"<({_UUID})\.({_UUID})@{re.escape(domain)}>", re.IGNORECASE)
+    """R-O3: ``<EMAIL-UUID.WORKITEM-UUID@DOMAIN>`` (R-B1: ``WORKITEM-UUID.sig``)."""
+    return re.compile(rf"<({_UUID})\.({_UUID})(?:\.({SIGNATURE}))?@{re.escape(domain)}>",
+                      re.IGNORECASE)
 
 
 class Match:
@@ -127,7 +129,7 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
     for message_id in replied:
         gateway_id = pattern.fullmatch(message_id)
         item = txn.workitem_by_uuid(gateway_id.group(2)) if gateway_id else None
-        if item:
+        if item and _signed(ctx, item, gateway_id.group(3), "Message-ID"):
             found.append((MatchHit(item.ref, "gateway_message_id"), item))
     chain = [("bounce_of" if m == ctx.bounce_of else "in_reply_to", m) for m in replied]
     chain += [("references", m) for m in reversed(mail.references)]
@@ -137,9 +139,12 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
             if item:
                 found.append((MatchHit(item.ref, method), item))
     body = mail.text_body
-    for uuid in dict.fromkeys(m.group(1) for m in BODY_TAG.finditer(body)):
+    tags: dict[str, str | None] = {}        # uuid → signature, first appearance first
+    for tag in BODY_TAG.finditer(body):
+        tags.setdefault(tag.group(1).lower(), tag.group(2))
+    for uuid, signature in tags.items():
         item = txn.workitem_by_uuid(uuid)
-        if item:
+        if item and _signed(ctx, item, signature, "body tag"):
             found.append((MatchHit(item.ref, "body_tag"), item))
     bound = ctx.settings.ref_requires_participant
     refused: dict[str, str] = {}
@@ -158,6 +163,15 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
         ctx.note(f"ref {ref} not used: {why} (R-B2)")
     ctx._match_candidates = found
     return found
+
+
+def _signed(ctx: Context, item: WorkItem, signature: str | None, where: str) -> bool:
+    """R-B1: may this token (the item's uuid, signed or not) place the mail? Traced if not."""
+    refused = ctx.settings.tokens.refusal(item.uuid, signature, created_at=item.created_at,
+                                          now=ctx.txn.now)
+    if refused:
+        ctx.note(f"{where} of {item.ref} ignored: {refused}")
+    return refused is None
 
 
 _DASH_KIND = re.compile(r"-[TCA]")

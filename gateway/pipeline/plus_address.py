@@ -12,10 +12,12 @@ from typing import Iterable
 from gateway import workitems
 from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
+from gateway.tokens import SIGNATURE
 
 # R-P1 ``^\d+-[TCA]$`` with ASCII digits only (``\d`` would accept other scripts' digits),
-# at most 18 of them so a ref always fits a 64-bit integer, and the letter in either case.
-_REF = re.compile(r"([0-9]{1,18})-([TCAtca])")
+# at most 18 of them so a ref always fits a 64-bit integer, and the letter in either case;
+# R-B1 may follow it with ``.signature``.
+_REF = re.compile(rf"([0-9]{{1,18}})-([TCAtca])(?:\.({SIGNATURE}))?")
 
 
 def split_tag(address: str) -> tuple[str, str | None]:
@@ -36,13 +38,21 @@ def split_tag(address: str) -> tuple[str, str | None]:
     if not tag:
         return mailbox, None
     ref = _REF.fullmatch(tag)
-    return mailbox, f"{ref[1]}-{ref[2].upper()}" if ref else tag
+    if ref is None:
+        return mailbox, tag
+    return mailbox, f"{ref[1]}-{ref[2].upper()}" + (f".{ref[3].lower()}" if ref[3] else "")
+
+
+def ref_and_signature(tag: str) -> tuple[str, str | None]:
+    """``123-T.k3f7q2`` → (``123-T``, ``k3f7q2``); an unsigned tag's signature is None."""
+    ref, _, signature = tag.partition(".")
+    return ref, signature or None
 
 
 def ref_tags(addresses: Iterable[str], mailbox_filter: Iterable[str]) -> list[str]:
-    """R-P1: distinct ref tags (``123-T``) on addresses whose mailbox is one of
-    ``mailbox_filter`` (the connector's own addresses), in order of appearance.
-    Tags that are not refs, and tags on other mailboxes, are ignored."""
+    """R-P1: distinct ref tags (``123-T``, or R-B1's ``123-T.sig``) on addresses whose
+    mailbox is one of ``mailbox_filter`` (the connector's own addresses), in order of
+    appearance. Tags that are not refs, and tags on other mailboxes, are ignored."""
     own = {split_tag(mailbox)[0] for mailbox in mailbox_filter}
     refs: dict[str, None] = {}
     for address in addresses:
@@ -82,10 +92,16 @@ class PlusAddress:
             return None
         found = []
         for tag in tags:
-            ref = workitems.canonical_ref(tag)
+            named, signature = ref_and_signature(tag)
+            ref = workitems.canonical_ref(named)
             item = ctx.txn.workitem(ref) if ref else None
             if item is None:
-                ctx.note(f"unknown ref {tag} ignored")
+                ctx.note(f"unknown ref {named} ignored")
+                continue
+            refused = ctx.settings.tokens.refusal(item.ref, signature,
+                                                  created_at=item.created_at, now=ctx.txn.now)
+            if refused:
+                ctx.note(f"tag {named} ignored: {refused}")
                 continue
             found.append(item)
         if {"live", "test"} <= {item.mode for item in found}:

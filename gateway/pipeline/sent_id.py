@@ -5,10 +5,11 @@ import re
 
 from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
+from gateway.tokens import SIGNATURE
 
 # Every Message-ID the gateway sends has this shape (R-O3), whatever domain was
 # configured when it was sent; anything else cannot be ours and costs no lookup.
-_OURS = re.compile(r"<[0-9a-fA-F-]{36}\.[0-9a-fA-F-]{36}@[^<>]+>")
+_OURS = re.compile(rf"<[0-9a-fA-F-]{{36}}\.[0-9a-fA-F-]{{36}}(?:\.{SIGNATURE})?@[^<>]+>")
 
 
 class SentIdCheck:

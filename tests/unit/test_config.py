@@ -264,3 +264,27 @@ def test_r_b2_sender_binding_settings_load_from_file_and_env(tmp_path):
         trusted_authserv_ids = "mx1.example.com"
         """)
     assert "trusted_authserv_ids" in problems(path)[0]
+
+
+def test_r_b1_signing_needs_a_secret_of_sixteen_bytes_from_a_file_or_the_environment(tmp_path):
+    path = write(tmp_path, """
+        [matching]
+        sign_tokens = true
+        """)
+    [problem] = problems(path)
+    assert problem.startswith(f"{path}:3: R-B1: [matching] sign_tokens = true needs a "
+                              "token_secret of at least 16 bytes")
+    secret = tmp_path / "token-secret"
+    secret.write_text("0123456789abcdef0123\n")
+    path = write(tmp_path, f"""
+        [matching]
+        sign_tokens = true
+        token_secret_file = "{secret}"
+        """)
+    assert load(str(path), env={}).matching.token_secret == "0123456789abcdef0123"
+    path = write(tmp_path, """
+        [matching]
+        sign_tokens = true
+        """)
+    settings = load(str(path), env={"MAILGATE_MATCHING_TOKEN_SECRET": "x" * 16})
+    assert settings.matching.token_secret == "x" * 16
