@@ -21,6 +21,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _STAGE_BUCKETS = (.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, 1)
 STAGE_NAMES = ("parse", "sent-id", "dedup", "auto-generated", "plus-address", "match", "route",
                "sender-budget", "apply")
+QUEUES = ("journal", "outbound")
 MAIL_CLASSES = ("auto_reply", "bounce", "list", "notification")     # R-B4
 OUTCOME_NAMES = ("appended", "created", "ignored", "duplicate", "own_mail", "unprocessed")
 
@@ -101,6 +102,17 @@ class Metrics:
             "mailgate_poll_last_success_timestamp_seconds",
             "When the connector's mailbox was last polled successfully (alert on age).",
             ["connector", "protocol"], registry=r)
+        self.queue_messages = Gauge(
+            "mailgate_queue_messages", "Messages waiting: journal (for the pipeline), "
+            "outbound (for delivery). Read from the store at each scrape.", ["queue"],
+            registry=r)
+        self.queue_oldest = Gauge(
+            "mailgate_queue_oldest_timestamp_seconds", "When the oldest waiting message "
+            "entered its queue; 0 when the queue is empty (alert on time() minus this).",
+            ["queue"], registry=r)
+        for queue in QUEUES:
+            self.queue_messages.labels(queue)
+            self.queue_oldest.labels(queue)
         self.ready = Gauge("mailgate_ready", "1 while the gateway accepts mail.", registry=r)
         self.draining = Gauge("mailgate_draining", "1 while the gateway drains on shutdown.",
                               registry=r)
@@ -139,6 +151,12 @@ class Metrics:
 
     def pipeline_observer(self) -> "PipelineMetrics":
         return PipelineMetrics(self)
+
+    def observe_queues(self, depths: dict[str, tuple[int, float | None]]) -> None:
+        """``{queue: (messages, oldest timestamp or None)}``, as the store counted them."""
+        for queue, (count, oldest) in depths.items():
+            self.queue_messages.labels(queue).set(count)
+            self.queue_oldest.labels(queue).set(oldest or 0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

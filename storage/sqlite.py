@@ -430,6 +430,19 @@ class SqliteStore:
             (last,) = await cursor.fetchone()
         return last
 
+    async def queue_depths(self) -> dict[str, tuple[int, float | None]]:
+        """Messages waiting, and when the oldest arrived: the journal (not yet decided by
+        the pipeline) and the outbound queue (not yet delivered)."""
+        assert self._reader is not None
+        async with self._reader.execute(
+                "SELECT COUNT(*), MIN(received_at) FROM emails WHERE state = 'journaled'") as c:
+            journal = tuple(await c.fetchone())
+        async with self._reader.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM outbound_queue"
+                " WHERE state = 'queued'") as c:
+            outbound = tuple(await c.fetchone())
+        return {"journal": journal, "outbound": outbound}
+
     async def settings(self) -> dict:
         assert self._reader is not None
         async with self._reader.execute("SELECT key, value FROM settings") as cursor:

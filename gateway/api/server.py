@@ -5,6 +5,8 @@ second server framework; see docs/decisions.md.
 """
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 from typing import TYPE_CHECKING, Awaitable, Callable
 
@@ -18,6 +20,7 @@ from metrics import CONTENT_TYPE_LATEST
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
+log = logging.getLogger("mailgate.http")
 GATEWAY = web.AppKey("gateway", object)
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"}
 
@@ -73,7 +76,12 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[GATEWAY].metrics.exposition()
+    gateway = request.app[GATEWAY]
+    try:        # a store that does not answer must not take the metrics with it
+        gateway.metrics.observe_queues(await asyncio.wait_for(gateway.store.queue_depths(), 2))
+    except Exception as exc:
+        log.warning("metrics: cannot count the queues: %s", exc)
+    body = gateway.metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

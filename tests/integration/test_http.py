@@ -100,6 +100,30 @@ async def test_metrics_count_received_copies_and_commits(gateway, http):
     assert "mailgate_ready 1.0" in text
 
 
+async def test_metrics_show_the_journal_backlog_and_its_age(gateway, http):
+    import re
+    import time
+
+    def sample(text: str, name: str, queue: str) -> float:
+        return float(re.search(rf'^{name}{{queue="{queue}"}} (\S+)$', text, re.M)[1])
+
+    await gateway.pipeline.stop()                   # mail waits in the journal
+    before = time.time()
+    await deliver(gateway, ["support@example.test"], message(message_id="<q1@customer.test>"))
+    async with http.get("/metrics") as r:
+        waiting = await r.text()
+    assert sample(waiting, "mailgate_queue_messages", "journal") == 1
+    assert before - 1 <= sample(waiting, "mailgate_queue_oldest_timestamp_seconds",
+                                "journal") <= time.time()
+    assert sample(waiting, "mailgate_queue_messages", "outbound") == 0
+    gateway.pipeline.start()
+    await gateway.pipeline.drain()
+    async with http.get("/metrics") as r:
+        drained = await r.text()
+    assert sample(drained, "mailgate_queue_messages", "journal") == 0
+    assert sample(drained, "mailgate_queue_oldest_timestamp_seconds", "journal") == 0
+
+
 async def test_r_c1_connector_created_over_the_api_receives_mail_at_once(gateway, http):
     new = {"name": "billing", "primary_address": "billing@example.test",
            "aliases": ["invoices@example.test"]}
