@@ -1,5 +1,5 @@
-"""R-B3 loop breakers end to end through LMTP: the per-sender intake budget and the
-per-work-item reopen budget (the per-recipient acknowledgement budget has its own
+"""R-B3 loop breakers end to end through LMTP (reliability A8, auto-reply loops): the
+per-sender intake budget and the per-work-item reopen budget (the per-recipient acknowledgement budget has its own
 tests with outbound mail)."""
 from __future__ import annotations
 

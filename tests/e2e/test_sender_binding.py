@@ -1,5 +1,6 @@
-"""R-B2 sender binding end to end through LMTP: with ``ref_requires_participant`` a
-guessed ref in the Subject or body no longer lets a stranger post into a work item."""
+"""R-B2 sender binding end to end through LMTP (reliability A9, ticket hijacking by a
+forged reference): with ``ref_requires_participant`` a guessed ref in the Subject or
+body no longer lets a stranger post into a work item."""
 from __future__ import annotations
 
 import uuid

@@ -1,6 +1,6 @@
-"""R-B1 signed tokens end to end through LMTP: the gateway signs the plus tags, body tags
-and Message-IDs it hands out, and only signed ones (or, in the transition window,
-unsigned ones of older items) place mail on a work item."""
+"""R-B1 signed tokens end to end through LMTP (reliability A10, tag forgery): the gateway
+signs the plus tags, body tags and Message-IDs it hands out, and only signed ones (or,
+in the transition window, unsigned ones of older items) place mail on a work item."""
 from __future__ import annotations
 
 import re
@@ -104,3 +104,16 @@ async def test_r_b1_unsigned_tokens_of_older_items_work_during_the_transition(st
     late = await write(closed, to=(ack["From"],))
     assert late.targets[0]["action"] == "created"
     assert f"tag {ref} ignored: unsigned (R-B1)" in late.trace[3]["reason"]
+
+
+async def test_r_b1_a_signed_tag_replayed_onto_another_ref_is_refused(start_gateway):
+    gw = await signing_gateway(start_gateway)
+    first, ack = await first_ticket(gw)
+    second = (await write(gw, subject="Scanner jammed")).targets[0]["ref"]
+    signature = ack["From"].split("@")[0].rpartition(".")[2]        # the tag of the first
+
+    replayed = await write(gw, to=(f"fr+{second}.{signature}@corp.test",))
+
+    assert f"tag {second} ignored: badly signed (R-B1)" in replayed.trace[3]["reason"]
+    assert replayed.targets[0]["ref"] not in (first, second)
+

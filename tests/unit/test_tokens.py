@@ -23,6 +23,9 @@ def test_r_b1_signed_tokens_pass_and_wrong_ones_are_refused():
     assert SIGNING.refusal("123-T", sig, created_at=5000, now=5000) is None
     assert SIGNING.refusal("123-T", sig.upper(), created_at=5000, now=5000) is None
     assert SIGNING.refusal("124-T", sig, created_at=5000, now=5000) == "badly signed (R-B1)"
+    other_key = Tokens(secret=b"t" * 32, since=1000.0).signature("123-T")
+    assert SIGNING.refusal("123-T", other_key, created_at=5000, now=5000) == \
+        "badly signed (R-B1)"
 
 
 def test_r_b1_unsigned_tokens_pass_only_for_older_items_within_the_window():
