@@ -196,6 +196,7 @@ class BootstrapConnector:
     tls_verify: bool = CONNECTOR_DEFAULTS.tls_verify
     keep_on_server: bool = CONNECTOR_DEFAULTS.keep_on_server
     start_from: str = CONNECTOR_DEFAULTS.start_from
+    idle: bool = CONNECTOR_DEFAULTS.idle
 
     def given(self) -> tuple[str, ...]:
         """The poll settings this seed sets (those differing from the defaults)."""

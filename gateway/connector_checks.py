@@ -77,6 +77,7 @@ POLL_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tls_verify": (_bool, "true or false (false turns certificate checks off, R-C4)"),
     "keep_on_server": (_bool, "true or false (R-B5)"),
     "start_from": (lambda v: v in ("all", "now"), "'all' or 'now' (R-B5)"),
+    "idle": (_bool, "true or false (IMAP IDLE between poll rounds)"),
 }
 
 

@@ -61,6 +61,7 @@ class Connector:
     tls_verify: bool = True             # R-C4: off only explicitly, warned at every start
     keep_on_server: bool = False        # R-B5: flag \Seen instead of deleting
     start_from: str = "all"             # R-B5: "now" skips what the mailbox holds at first poll
+    idle: bool = True                   # IMAP: between rounds, IDLE (RFC 2177) wakes the poller
 
     def addresses(self) -> tuple[str, ...]:
         return (self.primary_address, *self.aliases)
@@ -87,7 +88,7 @@ CONNECTOR_DEFAULTS = Connector(name="", service="", primary_address="")
 POLL_FIELDS = ("host", "port", "tls", "folders", "poll_interval", "shared_mailbox",
                "tenant_id", "application_id", "certificate_file", "certificate_thumbprint",
                "authority_host", "graph_base_url", "ca_file", "tls_verify", "keep_on_server",
-               "start_from")
+               "start_from", "idle")
 # Secrets a polled connector may carry besides the password (never logged or listed).
 SECRET_FIELDS = ("client_secret", "certificate_password")
 

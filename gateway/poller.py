@@ -17,6 +17,10 @@ only removes it again, so it is never journaled twice (and if a server hands
 the same bytes back under a new key, dedup R-D1 absorbs it). Keys of messages
 gone from a folder are forgotten, so the table is as big as the mailboxes.
 
+Between rounds an IMAP connector with ``idle`` (the default) keeps one more
+session per folder in IDLE (RFC 2177): new mail starts a round at once, so the
+interval is only the fallback.
+
 R-B5: with ``start_from = "now"`` the first round of a folder only remembers
 what is there (a watermark) and fetches nothing; those messages stay untouched.
 
@@ -35,7 +39,8 @@ from typing import Awaitable, Callable, Iterator
 
 from gateway.intake import scan_message_id
 from gateway.model import Connector, Copy
-from gateway.protocols.mailbox import Credentials, Mailbox, MailboxError, open_mailbox
+from gateway.protocols.mailbox import (Credentials, Mailbox, MailboxError, WatchUnsupported,
+                                       open_mailbox)
 from storage import poll_sql
 from storage.sqlite import SqliteStore, StoreError
 from storage.txn import Txn
@@ -53,6 +58,7 @@ REMOVE_BATCH = 1000
 MAX_BACKOFF = 30 * 60       # seconds: a broken mailbox is retried at least this often
 MIN_BACKOFF = 5
 STOP_GRACE = 5.0            # seconds a stopping poller may spend logging out
+IDLE_RETRY = 30             # seconds before a failed IDLE watcher reconnects (then doubling)
 
 Journal = Callable[[list[Copy]], Awaitable[list[int]]]
 
@@ -132,7 +138,8 @@ class Poller:
     """Polls one connector's mailbox until stopped."""
 
     def __init__(self, store: SqliteStore, connector: Connector, credentials: Credentials,
-                 journal: Journal, *, mailbox: Mailbox | None = None, batch: int = BATCH,
+                 journal: Journal, *, mailbox: Mailbox | None = None,
+                 new_mailbox: Callable[[], Mailbox] | None = None, batch: int = BATCH,
                  observe: Callable[[PollerStatus, float, bool], None] | None = None,
                  timeout: float | None = None):
         self.store = store
@@ -140,7 +147,10 @@ class Poller:
         self.credentials = credentials
         self.journal = journal
         options = {"timeout": timeout} if timeout is not None else {}
-        self.mailbox = mailbox or open_mailbox(connector, credentials, **options)
+        # a second session per watched folder (IMAP IDLE) comes from here too
+        self.new_mailbox = new_mailbox or (
+            lambda: open_mailbox(connector, credentials, **options))
+        self.mailbox = mailbox or self.new_mailbox()
         self.batch = batch
         self.observe = observe
         self.status = PollerStatus(connector.name, connector.protocol)
@@ -152,16 +162,26 @@ class Poller:
         # a listing may be flagged but not expunged (see two_step_remove).
         self._removed: dict[str, set[str]] = {}
         self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._watchers: list[asyncio.Task] = []
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"poller:{self.connector.name}")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=f"poller:{self.connector.name}")
+        if self.connector.idle and self.connector.protocol == "imap":
+            self._watchers = [loop.create_task(self._watch(folder),
+                                               name=f"idle:{self.connector.name}:{folder}")
+                              for folder in self.mailbox.folders()]
 
     async def stop(self) -> None:
         """Cancel at the next await. Safe anywhere: a journal commit already handed to
         the writer completes on its own, and its keys are then known next time."""
+        for watcher in self._watchers:          # listeners only: dropped, no goodbye
+            watcher.cancel()
+        if self._watchers:
+            await asyncio.gather(*self._watchers, return_exceptions=True)
+            self._watchers = []
         if self._task is None:
             return
         self._task.cancel()
@@ -219,6 +239,35 @@ class Poller:
                 await asyncio.wait_for(self._poll_now.wait(), delay)
             except asyncio.TimeoutError:
                 pass
+
+    async def _watch(self, folder: str) -> None:
+        """IMAP IDLE on ``folder`` (``connector.idle``): new mail starts a round at once
+        instead of after ``poll_interval``. The watcher only listens, on a session of
+        its own; rounds still read, journal and remove. A watcher that fails reconnects
+        after a pause (the rounds report the mailbox's health); one the server cannot
+        serve ends, and the interval alone remains."""
+        failures = 0
+        while True:
+            mailbox = self.new_mailbox()
+            try:
+                await mailbox.open()
+                failures = 0
+                await mailbox.watch(folder, self.poll_now)
+            except WatchUnsupported as exc:
+                log.info("poller %s: %s; polling %s every %d s", self.connector.name, exc,
+                         folder, self.connector.poll_interval)
+                return
+            except (MailboxError, OSError, asyncio.TimeoutError) as exc:
+                failures += 1
+                log.debug("poller %s: IDLE on %s ended: %s", self.connector.name, folder, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:       # a bug must not end the watching for good
+                failures += 1
+                log.exception("poller %s: IDLE on %s failed", self.connector.name, folder)
+            finally:
+                mailbox.abort()
+            await asyncio.sleep(backoff(failures, IDLE_RETRY))
 
     async def _round(self) -> bool:
         status = self.status

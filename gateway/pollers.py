@@ -74,10 +74,12 @@ class Pollers:
                             "(tls_verify = false, R-C4)", name, connector.host or "graph")
             try:
                 credentials = Credentials.of(*row[1:])
-                mailbox = (self.mailbox_factory(connector, credentials)
-                           if self.mailbox_factory is not None else None)
+                factory = self.mailbox_factory
+                new_mailbox = (None if factory is None else
+                               lambda c=connector, creds=credentials: factory(c, creds))
                 poller = Poller(self.store, connector, credentials, self.journal,
-                                mailbox=mailbox, observe=self.observe, timeout=self.timeout)
+                                new_mailbox=new_mailbox, observe=self.observe,
+                                timeout=self.timeout)
             except Exception as exc:  # one broken connector must not stop the others
                 log.error("poller %s: cannot start: %s", name, exc)
                 continue

@@ -64,7 +64,7 @@ SCHEMAS = {
         "host": S, "port": INT, "tls": S, "folders": STR_LIST, "poll_interval": INT,
         "shared_mailbox": S, "tenant_id": S, "application_id": S, "certificate_file": S,
         "certificate_thumbprint": S, "authority_host": S, "graph_base_url": S, "ca_file": S,
-        "tls_verify": BOOL, "keep_on_server": BOOL, "start_from": S,
+        "tls_verify": BOOL, "keep_on_server": BOOL, "start_from": S, "idle": BOOL,
         "client_secret_set": BOOL, "certificate_password_set": BOOL,
         "warnings": {**STR_LIST, "description": "accepted but risky settings (R-C4: "
                      "tls_verify false, tls none)"}},
@@ -150,6 +150,8 @@ CONNECTOR_IN = {
     "graph_base_url": {**S, "description": "https:// URL"}, "ca_file": S,
     "tls_verify": {**BOOL, "description": "R-C4: false turns certificate checks off (warned)"},
     "keep_on_server": BOOL, "start_from": enum(["all", "now"]),
+    "idle": {**BOOL, "description": "IMAP: new mail wakes the poller through IDLE (RFC 2177) "
+             "instead of waiting for poll_interval"},
     "client_secret": {**NULLABLE_S, "description": "R-I6; never returned (client_secret_set)"},
     "certificate_password": {**NULLABLE_S, "description": "R-I6; never returned "
                              "(certificate_password_set)"}}

@@ -32,7 +32,7 @@ import base64
 import logging
 import re
 import ssl
-from typing import Any, Awaitable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from aioimaplib.aioimaplib import (AUTH, CRLF, NONAUTH, SELECTED, AioImapException, Command,
                                    FetchCommand, IMAP4ClientProtocol, IncompleteRead, Response,
@@ -40,7 +40,7 @@ from aioimaplib.aioimaplib import (AUTH, CRLF, NONAUTH, SELECTED, AioImapExcepti
 
 from gateway.model import Connector
 from gateway.protocols.mailbox import (LARGE_MESSAGE, Fetched, Mailbox, MailboxError,
-                                       tls_context)
+                                       WatchUnsupported, tls_context)
 
 log = logging.getLogger("mailgate.imap")
 
@@ -53,6 +53,10 @@ FETCH_CHUNK = 200
 # UIDs per UID STORE / UID EXPUNGE: command lines well under Dovecot's 64 KiB and,
 # like FETCH_CHUNK, a bounded number of "* n EXPUNGE" lines per reply.
 STORE_CHUNK = 1000
+# RFC 2177: a client should re-issue IDLE at least every 29 minutes, or servers may
+# log it out as inactive.
+IDLE_RENEW = 25 * 60
+_EXISTS = re.compile(rb"^\d+ EXISTS\b", re.I)
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
 _FETCH_START = re.compile(rb"\d+ FETCH \(")
@@ -463,3 +467,61 @@ class ImapMailbox(Mailbox):
                 response = await self._call(f"EXPUNGE {folder}", protocol.expunge())
             if response.result != "OK":
                 raise MailboxError(f"EXPUNGE {folder}: {_text(response)}")
+
+    # -- push: RFC 2177 IDLE -------------------------------------------------------------
+
+    async def watch(self, folder: str, wake: Callable[[], None], *,
+                    renew: float = IDLE_RENEW) -> None:
+        """Hold this session in IDLE on ``folder`` and call ``wake()`` on every
+        ``* n EXISTS`` (new mail), re-issuing IDLE every ``renew`` seconds. Runs until
+        cancelled; a dropped or refused session is a :class:`MailboxError`. Only the
+        poller's other session reads and removes mail: this one only listens."""
+        protocol = self._live()
+        if "IDLE" not in protocol.capabilities:
+            raise WatchUnsupported("the server does not offer IDLE (RFC 2177)")
+        await self._select(folder)
+        loop = asyncio.get_running_loop()
+        while True:
+            idling = asyncio.ensure_future(protocol.idle())
+            started = asyncio.ensure_future(protocol.wait_for_idle_response())
+            try:
+                done, _ = await asyncio.wait({idling, started, self._lost}, timeout=self.timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:
+                idling.cancel()
+                raise
+            finally:
+                started.cancel()
+            if started not in done:                             # no "+ idling"
+                idling.cancel()
+                if self._lost.done():
+                    why = "connection closed by the server"
+                elif idling in done and idling.exception() is None:
+                    why = _text(idling.result()) or "refused"
+                elif idling in done:
+                    why = str(idling.exception())
+                else:
+                    why = f"no reply within {self.timeout:g} s"
+                self.abort()
+                raise MailboxError(f"IDLE {folder}: {why}")
+            deadline = loop.time() + renew
+            try:
+                while (left := deadline - loop.time()) > 0:
+                    pushed = asyncio.ensure_future(protocol.idle_queue.get())
+                    done, _ = await asyncio.wait({pushed, self._lost}, timeout=left,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if pushed not in done:
+                        pushed.cancel()
+                        if self._lost.done():
+                            raise MailboxError(f"IDLE {folder}: connection closed by the server")
+                        break                                   # time to renew
+                    if any(_EXISTS.match(bytes(line)) for line in pushed.result()):
+                        wake()
+            except BaseException:
+                idling.cancel()
+                raise
+            protocol.idle_done()                                # DONE ends this IDLE
+            response = await self._call(f"IDLE {folder} DONE", idling)
+            if response.result != "OK":
+                raise MailboxError(f"IDLE {folder}: {_text(response)}")
+

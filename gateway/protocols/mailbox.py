@@ -15,6 +15,7 @@ import abc
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Callable
 
 from gateway.model import Connector
 
@@ -110,12 +111,25 @@ class Mailbox(abc.ABC):
     async def close(self) -> None:
         """End the session politely (POP3: QUIT commits the DELEs). Never raises."""
 
+    def abort(self) -> None:
+        """Drop the session now, without a goodbye (after timeouts, for listeners)."""
+
+    async def watch(self, folder: str, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` whenever the server says new mail reached ``folder``, until
+        cancelled; :class:`MailboxError` when the session fails. Raises
+        :class:`WatchUnsupported` when the protocol or the server cannot push."""
+        raise WatchUnsupported(f"{self.source} has no push")
+
     async def test(self) -> str:
         """R-C3: log in and read one folder; a line saying what was seen."""
         async with self:
             folder = self.folders()[0]
             count = len(await self.keys(folder))
         return f"{self.source}: logged in; {folder} holds {count} message(s)"
+
+
+class WatchUnsupported(MailboxError):
+    """The mailbox cannot tell us about new mail; the poller keeps its interval."""
 
 
 def tls_context(connector: Connector) -> ssl.SSLContext:

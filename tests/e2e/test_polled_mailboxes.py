@@ -138,6 +138,48 @@ async def test_r_i4_many_messages_are_removed_together_and_only_once_all_are_com
     assert await work_item_count(gw) == 250
 
 
+async def test_r_i4_imap_idle_takes_new_mail_at_once_instead_of_after_the_interval(
+        start_gateway, dovecot):
+    """With ``idle`` (the default for IMAP) a session waits in IDLE (RFC 2177) and new
+    mail starts a round at once, although the interval here is an hour."""
+    user = dovecot.new_user("idle")
+    gw = await polled_gateway(start_gateway, dovecot, user, folders=("INBOX", "Billing"),
+                              idle=True)
+    poller = gw.pollers.get("mbox")
+    while poller.status.rounds == 0:                  # the first round, at start
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)                          # the watchers' IDLE is under way
+    rounds = poller.status.rounds
+    question = mail(to=(user,), subject="Is anyone there?")
+    invoice = mail(to=(user,), subject="Invoice 7")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(question))
+    await asyncio.to_thread(dovecot.append, user, "Billing", raw(invoice))
+
+    for _ in range(200):                              # no poll() call: only IDLE wakes it
+        await gw.pipeline.drain()
+        found = [await copies(gw, m) for m in (question, invoice)]
+        if all(c and c[0].outcome for c in found):        # journaled and decided
+            break
+        await asyncio.sleep(0.05)
+    assert [c[0].outcome for c in found] == ["created", "created"]
+    assert poller.status.rounds > rounds
+    assert await count(dovecot, user, "INBOX") == 0 == await count(dovecot, user, "Billing")
+
+
+async def test_r_i4_with_idle_off_new_mail_waits_for_the_interval(start_gateway, dovecot):
+    user = dovecot.new_user("noidle")
+    gw = await polled_gateway(start_gateway, dovecot, user, idle=False)
+    poller = gw.pollers.get("mbox")
+    while poller.status.rounds == 0:
+        await asyncio.sleep(0.05)
+    message = mail(to=(user,), subject="Anyone?")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+    await asyncio.sleep(1.5)
+    assert poller.status.rounds == 1 and await copies(gw, message) == []
+    await poll(gw, "mbox")
+    assert len(await copies(gw, message)) == 1
+
+
 async def test_r_i4_crash_between_commit_and_delete_creates_no_second_work_item(
         start_gateway, dovecot, tmp_path):
     user = dovecot.new_user("crash")

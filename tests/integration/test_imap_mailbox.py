@@ -325,3 +325,27 @@ async def test_r_i4_imap_and_pop3_name_the_large_messages_so_they_are_fetched_al
             assert mailbox.large == {keys[1]}, protocol
             [fetched] = await mailbox.fetch("INBOX", [keys[1]])
             assert fetched.raw == big
+
+
+async def test_imap_idle_wakes_on_new_mail_across_renewals_and_fails_loudly_on_a_drop(dovecot):
+    """RFC 2177: every new message wakes the watcher, also after IDLE was ended with DONE
+    and issued again; a connection that drops ends the watch in a MailboxError."""
+    user = dovecot.new_user()
+    mb = mailbox(dovecot, user)
+    woken = asyncio.Event()
+    await mb.open()
+    watching = asyncio.ensure_future(mb.watch("INBOX", woken.set, renew=0.3))
+    try:
+        for n in range(2):
+            await asyncio.sleep(0.8)                  # at least two renewals in between
+            assert not woken.is_set()
+            await call(dovecot.append, user, "INBOX", message(n))
+            await asyncio.wait_for(woken.wait(), 10)
+            woken.clear()
+        assert not watching.done()
+        mb._transport.abort()                         # the server "goes away"
+        with pytest.raises(MailboxError):
+            await asyncio.wait_for(watching, 10)
+    finally:
+        watching.cancel()
+        mb.abort()
