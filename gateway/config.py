@@ -147,6 +147,7 @@ class OutboundSection:
     retry_initial: float = 30.0          # seconds before the first retry; doubles each time
     retry_max: float = 3600.0
     max_lifetime: float = 5 * 86400.0    # then a temporary failure becomes permanent
+    concurrency: int = 4                 # SMTP connections sending at once (each reused)
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ SECRET_FILES = {"admin_token_file": "admin_token", "auth_password_file": "auth_p
                 "password_file": "password", "client_secret_file": "client_secret",
                 "certificate_password_file": "certificate_password"}
 LISTEN_KEYS = {("lmtp", "listen"), ("smtp", "listen"), ("http", "listen")}
-POSITIVE_KEYS = {"ack_budget_per_day", "retry_initial", "retry_max", "max_lifetime", "max_message_size", "max_recipients", "max_line_length", "max_header_count",
+POSITIVE_KEYS = {"ack_budget_per_day", "concurrency", "retry_initial", "retry_max", "max_lifetime", "max_message_size", "max_recipients", "max_line_length", "max_header_count",
                  "commit_batch_max", "window_days", "timeout", "drain_timeout",
                  "sender_window_minutes", "reopen_window_hours"}
 NON_NEGATIVE_KEYS = {"sender_budget", "reopen_budget", "unsigned_token_days"}     # 0: off

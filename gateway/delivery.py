@@ -1,10 +1,12 @@
 """Delivering the outbound queue (R-O4): SMTP through the relay, DKIM, retries, no loss.
 
 Mail waits in the ``outbound_queue`` table, written in the same transaction
-as the work-item change that made it, so nothing composed is ever lost. A
-single worker sends what is due with aiosmtplib, through the SMTP server of
-the outgoing connector that owns the From address, else the system default
-gateway (R-O1). 2xx → ``sent``; 4xx or a broken connection → tried again with
+as the work-item change that made it, so nothing composed is ever lost. The
+worker sends what is due with aiosmtplib, through the SMTP server of the
+outgoing connector that owns the From address, else the system default
+gateway (R-O1). Like Postfix's smtp client it keeps connections open while
+there is mail for a relay and sends on ``[outbound] concurrency`` of them at
+once; a connection the relay closed meanwhile is opened again. 2xx → ``sent``; 4xx or a broken connection → tried again with
 exponential backoff until ``max_lifetime``; 5xx → ``failed`` at once, with an
 ``outbound.failed`` event on the work item. The outcome is committed
 right after the relay's answer; a crash in between sends that one mail again
@@ -16,12 +18,10 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import aiosmtplib
 import aiosqlite
-
-from typing import NamedTuple
 
 from gateway.config import OutboundSection
 from gateway.directory import normalize_address
@@ -48,7 +48,55 @@ class Relay(NamedTuple):
     tls_context: ssl.SSLContext | None = None
 
 
-BATCH = 20
+BATCH = 100
+
+
+class _Sessions:
+    """One lane's open SMTP connections, by relay: the next mail to the same relay
+    reuses the connection (MAIL, RCPT, DATA again; aiosmtplib sends RSET after a
+    refusal). Closed when the queue runs empty."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self._open: dict[Relay, aiosmtplib.SMTP] = {}
+
+    async def send(self, relay: Relay, context: ssl.SSLContext | None, sender: str,
+                   recipients: list[str], raw: bytes) -> None:
+        client = self._open.get(relay)
+        if client is not None and client.is_connected:
+            try:
+                await client.sendmail(sender, recipients, raw)
+                return
+            except aiosmtplib.SMTPServerDisconnected:
+                pass            # the relay closed the idle connection: open a new one
+        await self._drop(relay)
+        client = aiosmtplib.SMTP(
+            hostname=relay.host, port=relay.port, timeout=self.timeout,
+            use_tls=relay.tls == "implicit", start_tls=relay.tls == "starttls",
+            tls_context=context, username=relay.username or None,
+            password=relay.password or None)
+        await client.connect()
+        self._open[relay] = client
+        try:
+            await client.sendmail(sender, recipients, raw)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError,
+                asyncio.TimeoutError):
+            await self._drop(relay)
+            raise
+
+    async def _drop(self, relay: Relay) -> None:
+        client = self._open.pop(relay, None)
+        if client is not None:
+            client.close()
+
+    async def close(self) -> None:
+        """QUIT every connection (briefly; a relay that does not answer is cut)."""
+        for relay in list(self._open):
+            client = self._open.pop(relay)
+            try:
+                await asyncio.wait_for(client.quit(), 5)
+            except Exception:
+                client.close()
 
 
 class Delivery(Worker):
@@ -69,6 +117,8 @@ class Delivery(Worker):
         # connector trust by (ca_file, tls_verify): relays are looked up every batch, and
         # loading the system store for a new context each time costs milliseconds
         self._trust: dict[tuple[str, bool], ssl.SSLContext] = {}
+        self._lanes = [_Sessions(settings.default_gateway.timeout)
+                       for _ in range(max(1, settings.concurrency))]
 
     def start(self) -> None:
         self.start_task()
@@ -82,12 +132,15 @@ class Delivery(Worker):
                 log.exception("cannot read the outbound queue")
                 due = []
             relays = await self._connector_relays() if due else {}
-            for mail in due:
-                if self._stopping:
-                    return
-                await self._deliver(mail, relays)
+            lanes = self._lanes
+            await asyncio.gather(*(self._lane(due[n::len(lanes)], relays, sessions)
+                                   for n, sessions in enumerate(lanes)))
+            if self._stopping:
+                break
             if due:
                 continue
+            for sessions in lanes:          # nothing due: let the relays go
+                await sessions.close()
             self.idle.set()
             when = await self.store.read(outbound_sql.next_due)
             wait = 30.0 if when is None else max(0.0, min(30.0, when - time.time()))
@@ -96,6 +149,19 @@ class Delivery(Worker):
             except asyncio.TimeoutError:
                 pass
             self.idle.clear()
+
+    async def _lane(self, mails: list[dict], relays: dict[str, Relay],
+                    sessions: _Sessions) -> None:
+        """One of ``concurrency`` senders: its share of the batch, in order."""
+        for mail in mails:
+            if self._stopping:
+                break
+            await self._deliver(mail, relays, sessions)
+
+    async def stop(self) -> None:
+        await super().stop()
+        for sessions in self._lanes:
+            await sessions.close()
 
     async def _connector_relays(self) -> dict[str, Relay]:
         """R-O1: mailbox → the SMTP server of the first enabled outgoing connector (by name)
@@ -126,7 +192,8 @@ class Delivery(Worker):
             self._trust[key] = tls_context(connector)
         return self._trust[key]
 
-    async def _deliver(self, mail: dict, relays: dict[str, Relay] | None = None) -> None:
+    async def _deliver(self, mail: dict, relays: dict[str, Relay] | None = None,
+                       sessions: _Sessions | None = None) -> None:
         raw, domain = mail["raw"], None
         if self.signer is not None:
             raw, domain = await asyncio.to_thread(self.signer, raw)
@@ -138,14 +205,10 @@ class Delivery(Worker):
             return
         relay = relay or Relay(gateway.host, gateway.port, gateway.tls, gateway.username,
                                gateway.password, "default gateway")
+        sessions = sessions or self._lanes[0]
+        context = (relay.tls_context or self._tls_context) if relay.tls != "none" else None
         try:
-            await aiosmtplib.send(
-                raw, sender=mail["mail_from"], recipients=mail["rcpt_to"],
-                hostname=relay.host, port=relay.port, timeout=gateway.timeout,
-                use_tls=relay.tls == "implicit", start_tls=relay.tls == "starttls",
-                tls_context=(relay.tls_context or self._tls_context)
-                if relay.tls != "none" else None,
-                username=relay.username or None, password=relay.password or None)
+            await sessions.send(relay, context, mail["mail_from"], mail["rcpt_to"], raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             await self._failed(mail, f"recipients refused: {exc}", permanent=min(codes) >= 500)

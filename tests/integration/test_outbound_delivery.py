@@ -25,10 +25,11 @@ ACKS = [BootstrapRoute(connector="fr", email_address="fr@corp.test", fallback=Tr
 class Sink:
     """An SMTP relay that requires AUTH and records what it accepted (or refuses)."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, *, idle_timeout: float = 300):
         self.port = port
         self.received: list[tuple[str, list[str], bytes]] = []
         self.reply = "250 2.0.0 queued"
+        self.sessions = 0                   # EHLOs: one per connection (no STARTTLS here)
         handler = self
 
         def authenticate(server, session, envelope, mechanism, auth_data):
@@ -37,7 +38,13 @@ class Sink:
 
         self.controller = Controller(handler, hostname="127.0.0.1", port=port,
                                      auth_required=True, auth_require_tls=False,
-                                     authenticator=authenticate)
+                                     authenticator=authenticate,
+                                     server_kwargs={"timeout": idle_timeout})
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_DATA(self, server, session, envelope):
         if self.reply.startswith("250"):
@@ -114,6 +121,44 @@ async def test_r_o4_relay_5xx_is_a_permanent_failure_on_the_work_item(start_gate
     assert state[0] == "failed" and "550" in state[2]
     failed = [e for e in await gw.store.events(0, 100) if e["type"] == "outbound.failed"]
     assert [(e["ref"], "550" in e["data"]["error"]) for e in failed] == [("1-T", True)]
+
+
+async def test_r_o4_connections_to_the_relay_are_reused_and_concurrent(start_gateway, sink):
+    """As Postfix's smtp client does: mail for one relay goes over a few open connections
+    ([outbound] concurrency), not one connection per mail."""
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS,
+                             outbound=outbound(sink.port, concurrency=3))
+    await deliver(gw, mail(subject="Printer on fire"))
+    await gw.delivery.drain()
+    assert sink.sessions == 1                                # the acknowledgement
+    await gw.delivery.stop()                                 # let a backlog build up
+    for n in range(30):
+        await gw.send_email("1-T", to=[f"person{n}@customer.test"], subject=f"Update {n}",
+                            body="The technician is on the way.")
+    gw.delivery.start()
+    await gw.delivery.drain()
+
+    assert len(sink.received) == 31
+    assert sorted(r[1][0] for r in sink.received[1:]) == sorted(
+        f"person{n}@customer.test" for n in range(30))
+    assert sink.sessions == 1 + 3                            # three lanes, each reused
+
+
+async def test_r_o4_a_connection_the_relay_dropped_is_reopened_not_deferred(start_gateway):
+    from gateway.delivery import Relay, _Sessions
+    port = free_port()
+    relay_server = Sink(port, idle_timeout=0.3).start()
+    try:
+        sessions = _Sessions(timeout=10)
+        relay = Relay("127.0.0.1", port, "none", "mailgate", "relay-secret", "test")
+        await sessions.send(relay, None, "fr@corp.test", ["a@customer.test"], b"Subject: 1\r\n\r\nx\r\n")
+        await asyncio.sleep(0.8)                             # the relay hangs up meanwhile
+        await sessions.send(relay, None, "fr@corp.test", ["b@customer.test"], b"Subject: 2\r\n\r\nx\r\n")
+        await sessions.close()
+    finally:
+        relay_server.stop()
+    assert [r[1] for r in relay_server.received] == [["a@customer.test"], ["b@customer.test"]]
+    assert relay_server.sessions == 2
 
 
 async def _queue(db):
