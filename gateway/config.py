@@ -198,6 +198,7 @@ class BootstrapConnector:
     keep_on_server: bool = CONNECTOR_DEFAULTS.keep_on_server
     start_from: str = CONNECTOR_DEFAULTS.start_from
     idle: bool = CONNECTOR_DEFAULTS.idle
+    move_to: str = CONNECTOR_DEFAULTS.move_to
 
     def given(self) -> tuple[str, ...]:
         """The poll settings this seed sets (those differing from the defaults)."""

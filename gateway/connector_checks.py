@@ -78,6 +78,7 @@ POLL_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "keep_on_server": (_bool, "true or false (R-B5)"),
     "start_from": (lambda v: v in ("all", "now"), "'all' or 'now' (R-B5)"),
     "idle": (_bool, "true or false (IMAP IDLE between poll rounds)"),
+    "move_to": (_printable(1000), "a folder path like \"Processed\" (\"\" to delete, R-B5)"),
 }
 
 
@@ -137,6 +138,13 @@ def connector_problems(c: Connector, given: Iterable[str] = ()) -> list[tuple[st
     if c.protocol == "pop3" and tuple(c.folders) != ("INBOX",):
         found.append(("folders", "R-I5: a POP3 mailbox has only INBOX; folders are for imap "
                       "and graph connectors"))
+    if c.move_to and c.protocol == "pop3":
+        found.append(("move_to", "R-B5: a POP3 mailbox has no folders to move mail to; use "
+                      "keep_on_server, or an imap connector"))
+    if c.move_to and c.move_to.strip("/").casefold() in \
+            {f.strip("/").casefold() for f in c.folders}:
+        found.append(("move_to", f"R-B5: move_to {c.move_to!r} is one of the polled folders: "
+                      "moved mail would be fetched again; name another folder"))
     if c.protocol == "graph" and c.certificate_file.lower().endswith((".pem", ".key")) \
             and not c.certificate_thumbprint:
         found.append(("certificate_thumbprint", "R-I6: a PEM certificate_file needs "

@@ -62,9 +62,16 @@ class Connector:
     keep_on_server: bool = False        # R-B5: flag \Seen instead of deleting
     start_from: str = "all"             # R-B5: "now" skips what the mailbox holds at first poll
     idle: bool = True                   # IMAP: between rounds, IDLE (RFC 2177) wakes the poller
+    move_to: str = ""                   # R-B5: move processed mail to this folder, not delete
 
     def addresses(self) -> tuple[str, ...]:
         return (self.primary_address, *self.aliases)
+
+    @property
+    def clears_folder(self) -> bool:
+        """Processed mail leaves the polled folder: deleted, or moved to ``move_to``
+        (R-B5); only ``keep_on_server`` without ``move_to`` leaves it where it is."""
+        return not self.keep_on_server or bool(self.move_to)
 
     @property
     def polled(self) -> bool:
@@ -88,7 +95,7 @@ CONNECTOR_DEFAULTS = Connector(name="", service="", primary_address="")
 POLL_FIELDS = ("host", "port", "tls", "folders", "poll_interval", "shared_mailbox",
                "tenant_id", "application_id", "certificate_file", "certificate_thumbprint",
                "authority_host", "graph_base_url", "ca_file", "tls_verify", "keep_on_server",
-               "start_from", "idle")
+               "start_from", "idle", "move_to")
 # Secrets a polled connector may carry besides the password (never logged or listed).
 SECRET_FIELDS = ("client_secret", "certificate_password")
 

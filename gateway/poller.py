@@ -377,11 +377,11 @@ class Poller:
         # UIDL may be reused for new mail once the old one is gone, so POP3 fetches it
         # again and lets dedup (R-D1) absorb an identical copy: nothing new is lost.
         leftover = [k for k in present if known.get(k) is not None]
-        if not mailbox.stable_keys and not self.connector.keep_on_server:
+        if not mailbox.stable_keys and self.connector.clears_folder:
             new = [k for k in present if known.get(k, 0) is not None]
         else:
             new = [k for k in present if k not in known]
-            if leftover and not self.connector.keep_on_server:
+            if leftover and self.connector.clears_folder:
                 await self._remove(mailbox, folder, leftover, result)
         result.folders[folder] = 0
         # Batch N's commit (an fsync on the writer's thread) overlaps the fetch of batch
@@ -415,7 +415,7 @@ class Poller:
         gone = [k for k in known if k not in on_server]
         removed = self._removed.setdefault(folder, set())
         half_removed = [k for k in gone if known[k] is not None and k not in removed]
-        if half_removed and mailbox.two_step_remove and not self.connector.keep_on_server:
+        if half_removed and mailbox.two_step_remove and self.connector.clears_folder:
             await mailbox.remove(folder, half_removed)      # flagged, never expunged
         removed.difference_update(gone)
         if gone:

@@ -264,6 +264,7 @@ class GraphFake:
             web.get(GRAPH_PATH + "/users/{user}/messages/{id}/$value", self._get_value),
             web.delete(GRAPH_PATH + "/users/{user}/messages/{id}", self._delete_message),
             web.patch(GRAPH_PATH + "/users/{user}/messages/{id}", self._patch_message),
+            web.post(GRAPH_PATH + "/users/{user}/messages/{id}/move", self._move_message),
         ])
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
@@ -630,6 +631,22 @@ class GraphFake:
         else:
             message.folder_id = trash.id     # an immutable id survives the move
         return web.Response(status=204)
+
+    async def _move_message(self, request: web.Request) -> web.Response:
+        """message-move.md: 201 and the message, now in ``destinationId`` (a folder id or
+        a well-known name); with immutable ids the id stays the same."""
+        mailbox, message = self._message(request)
+        try:
+            destination = (await request.json())["destinationId"]
+        except (ValueError, KeyError, TypeError):
+            raise Refused(400, "ErrorInvalidRequest", "destinationId is required.")
+        folder = mailbox.folder(str(destination))
+        if folder is None:
+            raise Refused(404, "ErrorItemNotFound",
+                          "The specified object was not found in the store.")
+        message.folder_id = folder.id
+        message.change_key += 1
+        return web.json_response(message.json(), status=201)
 
     async def _patch_message(self, request: web.Request) -> web.Response:
         message = self._message(request)[1]

@@ -65,6 +65,7 @@ SCHEMAS = {
         "shared_mailbox": S, "tenant_id": S, "application_id": S, "certificate_file": S,
         "certificate_thumbprint": S, "authority_host": S, "graph_base_url": S, "ca_file": S,
         "tls_verify": BOOL, "keep_on_server": BOOL, "start_from": S, "idle": BOOL,
+        "move_to": S,
         "client_secret_set": BOOL, "certificate_password_set": BOOL,
         "warnings": {**STR_LIST, "description": "accepted but risky settings (R-C4: "
                      "tls_verify false, tls none)"}},
@@ -152,6 +153,8 @@ CONNECTOR_IN = {
     "keep_on_server": BOOL, "start_from": enum(["all", "now"]),
     "idle": {**BOOL, "description": "IMAP: new mail wakes the poller through IDLE (RFC 2177) "
              "instead of waiting for poll_interval"},
+    "move_to": {**S, "description": "R-B5: a folder processed mail is moved to instead of "
+                "being deleted (IMAP, Graph); \"\" deletes"},
     "client_secret": {**NULLABLE_S, "description": "R-I6; never returned (client_secret_set)"},
     "certificate_password": {**NULLABLE_S, "description": "R-I6; never returned "
                              "(certificate_password_set)"}}

@@ -250,9 +250,15 @@ class GraphMailbox(Mailbox):
         return [f for f in await self._each(keys, one) if f is not None]
 
     async def remove(self, folder: str, keys: list[str]) -> None:
+        target = await self._folder_id(self.connector.move_to) if self.connector.move_to \
+            else None
+
         async def one(key: str) -> None:
             url = f"{self._user_url}/messages/{_q(key)}"
-            if self.connector.keep_on_server:       # R-B5: mark read, leave it there
+            if target is not None:                  # R-B5: move to the connector's folder
+                await self._call("POST", f"{url}/move", body={"destinationId": target},
+                                 missing_ok=True)
+            elif self.connector.keep_on_server:     # R-B5: mark read, leave it there
                 await self._call("PATCH", url, body={"isRead": True}, missing_ok=True)
             else:                                   # R-I4: DELETE = move to Deleted Items
                 await self._call("DELETE", url, missing_ok=True)

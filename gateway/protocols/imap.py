@@ -448,17 +448,26 @@ class ImapMailbox(Mailbox):
         return [Fetched(f"{uidvalidity}:{uid}", bodies[uid]) for uid in uids if uid in bodies]
 
     async def remove(self, folder: str, keys: list[str]) -> None:
+        """Delete (``\\Deleted`` + EXPUNGE), or R-B5: move to ``move_to``, or flag
+        ``\\Seen`` with ``keep_on_server``."""
         uidvalidity = await self._select(folder)
         uids = _parse_keys(keys, uidvalidity)
-        flag = r"(\Seen)" if self.connector.keep_on_server else r"(\Deleted)"
+        target = self.connector.move_to
         for chunk in _chunks(sorted(set(uids)), STORE_CHUNK):
             protocol = self._live()
             uidset = uid_set(chunk)
+            if target and "MOVE" in protocol.capabilities:      # RFC 6851: one step
+                await self._to_folder(folder, "MOVE", uidset, target)
+                continue
+            if target:                                          # COPY, then delete below
+                await self._to_folder(folder, "COPY", uidset, target)
+            keep = self.connector.keep_on_server and not target
+            flag = r"(\Seen)" if keep else r"(\Deleted)"
             response = await self._call(f"UID STORE {folder}", protocol.store(
                 uidset, "+FLAGS.SILENT", flag, by_uid=True))
             if response.result != "OK":
                 raise MailboxError(f"UID STORE {folder}: {_text(response)}")
-            if self.connector.keep_on_server:
+            if keep:
                 continue
             if "UIDPLUS" in protocol.capabilities:
                 response = await self._call(f"UID EXPUNGE {folder}",
@@ -467,6 +476,25 @@ class ImapMailbox(Mailbox):
                 response = await self._call(f"EXPUNGE {folder}", protocol.expunge())
             if response.result != "OK":
                 raise MailboxError(f"EXPUNGE {folder}: {_text(response)}")
+
+    async def _to_folder(self, folder: str, verb: str, uidset: str, target: str) -> None:
+        """UID MOVE or UID COPY ``uidset`` to ``target``, creating it once when the server
+        answers [TRYCREATE] (RFC 3501 6.4.7)."""
+        protocol = self._live()
+        for attempt in (1, 2):
+            command = (protocol.move(uidset, mailbox_arg(target), by_uid=True) if verb == "MOVE"
+                       else protocol.copy(uidset, mailbox_arg(target), by_uid=True))
+            response = await self._call(f"UID {verb} {folder} to {target}", command)
+            if response.result == "OK":
+                return
+            if attempt == 1 and "TRYCREATE" in _text(response).upper():
+                created = await self._call(f"CREATE {target}", protocol.simple_command(
+                    "CREATE", mailbox_arg(target)))
+                if created.result == "OK":
+                    log.info("imap %s: created folder %s for moved mail (R-B5)",
+                             self.connector.name, target)
+                    continue
+            raise MailboxError(f"UID {verb} {folder} to {target}: {_text(response)}")
 
     # -- push: RFC 2177 IDLE -------------------------------------------------------------
 

@@ -180,6 +180,24 @@ async def test_r_i4_with_idle_off_new_mail_waits_for_the_interval(start_gateway,
     assert len(await copies(gw, message)) == 1
 
 
+async def test_r_b5_move_to_keeps_processed_mail_in_a_folder_created_when_missing(
+        start_gateway, dovecot):
+    user = dovecot.new_user("archive")
+    gw = await polled_gateway(start_gateway, dovecot, user, move_to="Processed", idle=False)
+    first = mail(to=(user,), subject="Keep a copy of this")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(first))
+    await poll(gw, "mbox")
+    second = mail(to=(user,), subject="And of this")
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(second))
+    await poll(gw, "mbox")
+
+    assert [c.outcome for m in (first, second) for c in await copies(gw, m)] == [
+        "created", "created"]
+    assert await count(dovecot, user, "INBOX") == 0
+    kept = await asyncio.to_thread(dovecot.raw_messages, user, "Processed")
+    assert kept == [raw(first), raw(second)]                 # moved byte for byte
+
+
 async def test_r_i4_crash_between_commit_and_delete_creates_no_second_work_item(
         start_gateway, dovecot, tmp_path):
     user = dovecot.new_user("crash")

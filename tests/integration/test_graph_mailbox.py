@@ -200,6 +200,25 @@ async def test_r_b5_keep_on_server_marks_read_and_keeps(graph_fake):
     assert [r.method for r in graph_fake.graph_requests] == ["PATCH"]
 
 
+async def test_r_b5_move_to_moves_processed_mail_into_the_folder(graph_fake):
+    graph_fake.add_folder("Inbox/Processed")
+    first, second = graph_fake.add_message(), graph_fake.add_message()
+    async with mailbox_for(graph_fake, move_to="Inbox/Processed") as mailbox:
+        await mailbox.remove("INBOX", [first])
+    assert graph_fake.ids("Inbox") == [second]
+    assert graph_fake.ids("Inbox/Processed") == [first]
+    assert graph_fake.ids("Deleted Items") == []
+    assert [r.method for r in graph_fake.graph_requests][-1] == "POST"
+
+
+async def test_r_b5_move_to_a_missing_folder_fails_and_keeps_the_mail(graph_fake):
+    first = graph_fake.add_message()
+    async with mailbox_for(graph_fake, move_to="Archive/Nowhere") as mailbox:
+        with pytest.raises(MailboxError, match="Graph folder 'Archive/Nowhere' not found"):
+            await mailbox.remove("INBOX", [first])
+    assert graph_fake.ids("Inbox") == [first]
+
+
 async def test_r_i4_graph_errors_carry_graphs_code_and_message(graph_fake):
     graph_fake.fail_next(1, 403, retry_after=None)
     async with mailbox_for(graph_fake) as mailbox:

@@ -349,3 +349,19 @@ async def test_imap_idle_wakes_on_new_mail_across_renewals_and_fails_loudly_on_a
     finally:
         watching.cancel()
         mb.abort()
+
+
+@pytest.mark.parametrize("move", [True, False], ids=["UID MOVE", "COPY then EXPUNGE"])
+async def test_r_b5_move_to_moves_processed_mail_with_or_without_the_move_extension(
+        dovecot, move):
+    user = dovecot.new_user()
+    for n in range(3):
+        await call(dovecot.append, user, "INBOX", message(n))
+    mb = mailbox(dovecot, user, move_to="Done/2026")
+    async with mb:
+        if not move:                                  # a server without RFC 6851
+            mb._protocol.capabilities.discard("MOVE")
+        keys = await mb.keys("INBOX")
+        await mb.remove("INBOX", keys[:2])
+    assert await call(dovecot.raw_messages, user, "INBOX") == [message(2)]
+    assert await call(dovecot.raw_messages, user, "Done/2026") == [message(0), message(1)]

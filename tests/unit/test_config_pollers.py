@@ -170,6 +170,10 @@ def test_each_seed_problem_is_at_its_own_connectors_line_with_a_fix(tmp_path):
      "R-I5: a POP3 mailbox has only INBOX"),
     ('service = "gmail_imap"\nprotocol = "pop3"', "R-C1: service 'gmail_imap' implies "
                                                  "protocol 'imap'"),
+    ('service = "gmail_pop3"\nusername = "u"\npassword = "p"\nmove_to = "Done"',
+     "R-B5: a POP3 mailbox has no folders to move mail to"),
+    ('service = "gmail_imap"\nusername = "u"\npassword = "p"\nfolders = ["INBOX", "Done"]\n'
+     'move_to = "done/"', "R-B5: move_to 'done/' is one of the polled folders"),
     ('service = "hotmail"', "service = 'hotmail': use one of 'gmail_imap'"),
     ('service = "gmail_imap"\nusername = "u"\npassword_file = "/nonexistent/secret"',
      "password_file: cannot read /nonexistent/secret"),
