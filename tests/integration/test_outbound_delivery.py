@@ -38,8 +38,7 @@ class Sink:
 
         self.controller = Controller(handler, hostname="127.0.0.1", port=port,
                                      auth_required=True, auth_require_tls=False,
-                                     authenticator=authenticate,
-                                     server_kwargs={"timeout": idle_timeout})
+                                     authenticator=authenticate, timeout=idle_timeout)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         self.sessions += 1
