@@ -168,6 +168,7 @@ class Gateway:
         """The store and the directory only: for ``mailgate explain`` beside a running gateway."""
         await self.store.open()
         await self.reload_directory()
+        await self._load_runtime_settings(record=False)     # matching mode, R-B1 tokens
 
     async def close_offline(self) -> None:
         await self.store.close()
@@ -376,7 +377,9 @@ class Gateway:
 
     SETTABLE = {"matching_mode": ("off", "mixed", "plus_only"), "hide_plus_in_from": (True, False)}
 
-    async def _load_runtime_settings(self) -> None:
+    async def _load_runtime_settings(self, *, record: bool = True) -> None:
+        """The run-time settings the store keeps over the config file's; ``record``
+        False (``mailgate explain`` beside a running gateway) writes nothing."""
         stored = await self.store.settings()
         known = {k: v for k, v in stored.items() if k in self.SETTABLE}
         if known:
@@ -387,7 +390,8 @@ class Gateway:
             since = stored.get("sign_tokens_since")
             if since is None:
                 since = time.time()
-                await self.store.save_settings({"sign_tokens_since": since})
+                if record:
+                    await self.store.save_settings({"sign_tokens_since": since})
             tokens = Tokens(secret=matching.token_secret.encode(), since=since,
                             unsigned_until=since + matching.unsigned_token_days * 86400)
             self.pipeline_settings = dataclasses.replace(self.pipeline_settings, tokens=tokens)

@@ -156,7 +156,15 @@ class Delivery(Worker):
         for mail in mails:
             if self._stopping:
                 break
-            await self._deliver(mail, relays, sessions)
+            try:
+                await self._deliver(mail, relays, sessions)
+            except Exception as exc:    # a bug (or a signer failing on one mail) must not
+                log.exception("email %s: delivery failed", mail["email_id"])  # end the lane
+                try:
+                    await self._failed(mail, f"internal error: {type(exc).__name__}: {exc}",
+                                       permanent=False)
+                except Exception:
+                    log.exception("email %s: cannot record the failure", mail["email_id"])
 
     async def stop(self) -> None:
         await super().stop()

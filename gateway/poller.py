@@ -18,8 +18,8 @@ the same bytes back under a new key, dedup R-D1 absorbs it). Keys of messages
 gone from a folder are forgotten, so the table is as big as the mailboxes.
 
 Between rounds an IMAP connector with ``idle`` (the default) keeps one more
-session per folder in IDLE (RFC 2177): new mail starts a round at once, so the
-interval is only the fallback.
+session in IDLE (RFC 2177) on its first folder: new mail there starts a round at
+once (and the round reads every folder), so the interval is only the fallback.
 
 R-B5: with ``start_from = "now"`` the first round of a folder only remembers
 what is there (a watermark) and fetches nothing; those messages stay untouched.
@@ -59,6 +59,7 @@ MAX_BACKOFF = 30 * 60       # seconds: a broken mailbox is retried at least this
 MIN_BACKOFF = 5
 STOP_GRACE = 5.0            # seconds a stopping poller may spend logging out
 IDLE_RETRY = 30             # seconds before a failed IDLE watcher reconnects (then doubling)
+IDLE_STABLE = 300           # seconds an IDLE watch must have held for the pause to reset
 
 Journal = Callable[[list[Copy]], Awaitable[list[int]]]
 
@@ -170,9 +171,12 @@ class Poller:
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name=f"poller:{self.connector.name}")
         if self.connector.idle and self.connector.protocol == "imap":
+            # One listening session, on the first folder: servers cap sessions per login
+            # (Dovecot 10 per user and address, Gmail 15), and a watcher per folder
+            # could leave the rounds none. A round reads every folder anyway.
+            folder = self.mailbox.folders()[0]
             self._watchers = [loop.create_task(self._watch(folder),
-                                               name=f"idle:{self.connector.name}:{folder}")
-                              for folder in self.mailbox.folders()]
+                                               name=f"idle:{self.connector.name}:{folder}")]
 
     async def stop(self) -> None:
         """Cancel at the next await. Safe anywhere: a journal commit already handed to
@@ -247,26 +251,29 @@ class Poller:
         after a pause (the rounds report the mailbox's health); one the server cannot
         serve ends, and the interval alone remains."""
         failures = 0
+        loop = asyncio.get_running_loop()
         while True:
-            mailbox = self.new_mailbox()
+            mailbox, started = None, loop.time()
             try:
+                mailbox = self.new_mailbox()
                 await mailbox.open()
-                failures = 0
                 await mailbox.watch(folder, self.poll_now)
             except WatchUnsupported as exc:
                 log.info("poller %s: %s; polling %s every %d s", self.connector.name, exc,
                          folder, self.connector.poll_interval)
                 return
             except (MailboxError, OSError, asyncio.TimeoutError) as exc:
-                failures += 1
                 log.debug("poller %s: IDLE on %s ended: %s", self.connector.name, folder, exc)
             except asyncio.CancelledError:
                 raise
             except Exception:       # a bug must not end the watching for good
-                failures += 1
                 log.exception("poller %s: IDLE on %s failed", self.connector.name, folder)
             finally:
-                mailbox.abort()
+                if mailbox is not None:
+                    mailbox.abort()
+            # Only a watch that held for a while resets the pause: a server that logs
+            # us in and then refuses IDLE must not be asked again every 30 s for ever.
+            failures = 1 if loop.time() - started > IDLE_STABLE else failures + 1
             await asyncio.sleep(backoff(failures, IDLE_RETRY))
 
     async def _round(self) -> bool:

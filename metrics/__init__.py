@@ -113,6 +113,7 @@ class Metrics:
         for queue in QUEUES:
             self.queue_messages.labels(queue)
             self.queue_oldest.labels(queue)
+        self.queues_counted_at = float("-inf")        # monotonic time of the last count
         self.ready = Gauge("mailgate_ready", "1 while the gateway accepts mail.", registry=r)
         self.draining = Gauge("mailgate_draining", "1 while the gateway drains on shutdown.",
                               registry=r)

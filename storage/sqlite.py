@@ -434,8 +434,9 @@ class SqliteStore:
         """Messages waiting, and when the oldest arrived: the journal (not yet decided by
         the pipeline) and the outbound queue (not yet delivered)."""
         assert self._reader is not None
-        async with self._reader.execute(
-                "SELECT COUNT(*), MIN(received_at) FROM emails WHERE state = 'journaled'") as c:
+        async with self._reader.execute(      # both on the partial index of the journal
+                "SELECT COUNT(*), (SELECT received_at FROM emails WHERE state = 'journaled'"
+                " ORDER BY id LIMIT 1) FROM emails WHERE state = 'journaled'") as c:
             journal = tuple(await c.fetchone())
         async with self._reader.execute(
                 "SELECT COUNT(*), MIN(created_at) FROM outbound_queue"

@@ -93,7 +93,8 @@ class SyncTxn:
     def rejournal_unprocessed(self, email_id: int) -> bool:
         """R-U1: an unprocessed incoming email goes back to the journal; anything else stays."""
         cursor = self.conn.execute(
-            "UPDATE emails SET state = 'journaled' WHERE id = ? AND state = 'done'"
+            "UPDATE emails SET state = 'journaled', sender = NULL"
+            " WHERE id = ? AND state = 'done'"
             " AND outcome = 'unprocessed' AND direction = 'incoming'", (email_id,))
         return cursor.rowcount > 0
 

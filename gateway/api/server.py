@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiohttp import web
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("mailgate.http")
+QUEUE_REFRESH = 1.0             # seconds between two counts of the queues for /metrics
 GATEWAY = web.AppKey("gateway", object)
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"}
 
@@ -77,11 +79,16 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    try:        # a store that does not answer must not take the metrics with it
-        gateway.metrics.observe_queues(await asyncio.wait_for(gateway.store.queue_depths(), 2))
-    except Exception as exc:
-        log.warning("metrics: cannot count the queues: %s", exc)
-    body = gateway.metrics.exposition()
+    metrics = gateway.metrics
+    now = time.monotonic()
+    # At most one count a second, however often /metrics (open to anyone) is asked.
+    if now - metrics.queues_counted_at >= QUEUE_REFRESH:
+        metrics.queues_counted_at = now
+        try:        # a store that does not answer must not take the metrics with it
+            metrics.observe_queues(await asyncio.wait_for(gateway.store.queue_depths(), 2))
+        except Exception as exc:
+            log.warning("metrics: cannot count the queues: %s", exc)
+    body = metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -112,8 +112,9 @@ class Apply:
         if not mail.from_address:
             ctx.note(f"no acknowledgement for {item.ref}: no sender address")
             return
-        if ctx.mail_class == "list":
-            ctx.note(f"no acknowledgement for {item.ref}: list mail, class list of R-B4 (R-B3)")
+        if ctx.list_rule:
+            ctx.note(f"no acknowledgement for {item.ref}: list mail, rule {ctx.list_rule} of "
+                     "R-B4 (R-B3)")
             return
         own = ctx.directory.owner
         cc = [a for a in mail.cc_addresses if own(a) is None] if route.ack_cc else []

@@ -4,7 +4,8 @@ held to a corpus (tests/corpus/classes/).
 
 R-A1/R-A2 decide *whether* mail is auto-generated, and that alone drives R-A3/R-A4.
 The class says *what* it is, for the trace, the metrics and two behaviours: a
-``list`` mail is never acknowledged, and a ``bounce`` names the mail that bounced
+mail any ``list`` rule fires for is never acknowledged, and a ``bounce`` names the
+mail that bounced
 (:func:`bounce_of`) so it lands on that mail's work item (R-M2 rule 1).
 """
 from __future__ import annotations
@@ -81,9 +82,15 @@ class Classifier:
             return "notification", None
         return None, None
 
+    def list_rule(self, mail: Mail) -> ClassRule | None:
+        """The first ``list`` rule that fires, whatever class the mail got: list mail is
+        never acknowledged, even when an earlier rule (a bounce header, an admin's own
+        rule) gave it another class."""
+        return next((r for r in self.rules if r.klass == "list" and r.fires(mail)), None)
+
     def before(self, shipped: Classifier) -> Classifier:
-        """An admin's rules tried first, then the shipped ones: adding a rule for one
-        vendor's bounces must not cost the list rules their protection."""
+        """An admin's rules tried first, then the shipped ones (so the shipped list rules
+        keep protecting lists from acknowledgements, see :meth:`list_rule`)."""
         return Classifier(self.version, self.rules + shipped.rules)
 
 

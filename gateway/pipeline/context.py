@@ -71,6 +71,7 @@ class Context:
     sender: str | None = None                              # R-B3: whose budget it counts on
     autogen_rule: str | None = None
     mail_class: str | None = None                          # R-B4: auto_reply, bounce, list …
+    list_rule: str | None = None                           # R-B4: a list rule fired (no ack)
     bounce_of: str | None = None                           # R-B4: the Message-ID that bounced
     visible: list[str] = field(default_factory=list)       # visible K-addresses (mailboxes)
     tags: list[str] = field(default_factory=list)          # refs from plus tags (R-P1)

@@ -139,12 +139,13 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
             if item:
                 found.append((MatchHit(item.ref, method), item))
     body = mail.text_body
-    tags: dict[str, str | None] = {}        # uuid → signature, first appearance first
+    tags: dict[str, list[str | None]] = {}  # uuid → its signatures, first appearance first
     for tag in BODY_TAG.finditer(body):
-        tags.setdefault(tag.group(1).lower(), tag.group(2))
-    for uuid, signature in tags.items():
+        tags.setdefault(tag.group(1).lower(), []).append(tag.group(2))
+    for uuid, signatures in tags.items():
         item = txn.workitem_by_uuid(uuid)
-        if item and _signed(ctx, item, signature, "body tag"):
+        # A reply quotes older mail: one good occurrence of the tag is enough.
+        if item and _signed_any(ctx, item, signatures, "body tag"):
             found.append((MatchHit(item.ref, "body_tag"), item))
     bound = ctx.settings.ref_requires_participant
     refused: dict[str, str] = {}
@@ -167,11 +168,18 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
 
 def _signed(ctx: Context, item: WorkItem, signature: str | None, where: str) -> bool:
     """R-B1: may this token (the item's uuid, signed or not) place the mail? Traced if not."""
-    refused = ctx.settings.tokens.refusal(item.uuid, signature, created_at=item.created_at,
-                                          now=ctx.txn.now)
-    if refused:
-        ctx.note(f"{where} of {item.ref} ignored: {refused}")
-    return refused is None
+    return _signed_any(ctx, item, [signature], where)
+
+
+def _signed_any(ctx: Context, item: WorkItem, signatures: list[str | None],
+                where: str) -> bool:
+    """R-B1: does any of these tokens for ``item`` place the mail? Traced if none does."""
+    refusals = [ctx.settings.tokens.refusal(item.uuid, signature, created_at=item.created_at,
+                                            now=ctx.txn.now) for signature in signatures]
+    if all(refusals):
+        ctx.note(f"{where} of {item.ref} ignored: {refusals[0]}")
+        return False
+    return True
 
 
 _DASH_KIND = re.compile(r"-[TCA]")

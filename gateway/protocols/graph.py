@@ -265,6 +265,10 @@ class GraphMailbox(Mailbox):
 
         await self._each(keys, one)
 
+    async def check_move_to(self) -> None:
+        if self.connector.move_to:
+            await self._folder_id(self.connector.move_to)
+
     # R-I5 folders ------------------------------------------------------------------------
 
     async def _folder_id(self, path: str) -> str:

@@ -536,8 +536,12 @@ class ImapMailbox(Mailbox):
             try:
                 while (left := deadline - loop.time()) > 0:
                     pushed = asyncio.ensure_future(protocol.idle_queue.get())
-                    done, _ = await asyncio.wait({pushed, self._lost}, timeout=left,
-                                                 return_when=asyncio.FIRST_COMPLETED)
+                    try:
+                        done, _ = await asyncio.wait({pushed, self._lost}, timeout=left,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                    except BaseException:
+                        pushed.cancel()
+                        raise
                     if pushed not in done:
                         pushed.cancel()
                         if self._lost.done():

@@ -125,7 +125,12 @@ class Mailbox(abc.ABC):
         async with self:
             folder = self.folders()[0]
             count = len(await self.keys(folder))
+            await self.check_move_to()
         return f"{self.source}: logged in; {folder} holds {count} message(s)"
+
+    async def check_move_to(self) -> None:
+        """R-B5: raise :class:`MailboxError` when ``move_to`` cannot take mail and will not
+        be created on first use (IMAP creates it on [TRYCREATE]; Graph cannot)."""
 
 
 class WatchUnsupported(MailboxError):

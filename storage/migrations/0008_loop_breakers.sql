@@ -16,3 +16,7 @@ CREATE TABLE reopens (
     at       REAL    NOT NULL
 );
 CREATE INDEX reopens_by_ref ON reopens(ref, at);
+
+-- /metrics counts the waiting outbound mail and its oldest at every scrape; the
+-- queue keeps every row it ever had, so the count must not scan them all.
+CREATE INDEX outbound_queue_waiting ON outbound_queue(created_at) WHERE state = 'queued';

@@ -66,7 +66,7 @@ async def test_r_b4_the_bounce_of_an_agents_mail_lands_on_its_work_item(gw):
 
     assert copy.targets == [{"ref": ref, "action": "appended"}]      # not a new ticket
     autogen, match = copy.trace[2]["reason"], copy.trace[4]["reason"]
-    assert "class bounce (rule dsn-report, classes v1)" in autogen
+    assert "class bounce (rule dsn-report, classes v2)" in autogen
     assert f"bounce of {message_id}" in autogen
     assert f"{ref} by gateway_message_id" in match
     assert await gw.workitem("2-T") is None and sample(gw, "bounce") == 1.0
@@ -89,7 +89,7 @@ async def test_r_b4_list_mail_is_classed_in_the_trace_and_counted(gw):
     [copy] = await deliver(gw, mail(subject="[users] Upgrade notes",
                                     headers={"List-Id": "Users <users.lists.example.org>"}))
     assert copy.outcome == "created"                         # list mail is still processed
-    assert "class list (rule list-id, classes v1)" in copy.trace[2]["reason"]
+    assert "class list (rule list-id, classes v2)" in copy.trace[2]["reason"]
     assert "no acknowledgement for 1-T: list mail" in copy.trace[-1]["reason"]
     assert sample(gw, "list") == 1.0 and sample(gw, "auto_reply") == 0.0
 
@@ -104,4 +104,20 @@ async def test_r_b4_an_admins_rules_come_before_the_shipped_ones(start_gateway, 
     [ndr] = await deliver(gw, mail(subject="Not delivered", headers={"X-Vendor-NDR": "1"}))
     [listed] = await deliver(gw, mail(subject="News", headers={"List-Id": "<n.example.org>"}))
     assert "class bounce (rule vendor-ndr, classes.toml v7)" in ndr.trace[2]["reason"]
-    assert "class list (rule list-id, classes v1)" in listed.trace[2]["reason"]   # kept
+    assert "class list (rule list-id, classes v2)" in listed.trace[2]["reason"]   # kept
+
+
+async def test_r_b4_list_mail_given_another_class_first_is_still_never_acknowledged(
+        start_gateway, tmp_path):
+    from gateway.config import AutogenSection
+    rules = tmp_path / "classes.toml"
+    rules.write_text('version = 1\n[[rule]]\nname = "campaign"\nclass = "notification"\n'
+                     'header = "x-campaign"\n')
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKING_FALLBACKS,
+                             autogen=AutogenSection(classes_file=str(rules)))
+    [copy] = await deliver(gw, mail(subject="Spring offers", headers={
+        "X-Campaign": "spring", "List-Unsubscribe": "<https://shop.example/u>"}))
+    autogen = copy.trace[2]["reason"]
+    assert "class notification (rule campaign" in autogen
+    assert "list mail too (rule list-unsubscribe)" in autogen
+    assert await outgoing(gw, copy.targets[0]["ref"]) == []            # no acknowledgement

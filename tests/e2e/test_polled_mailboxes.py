@@ -140,8 +140,9 @@ async def test_r_i4_many_messages_are_removed_together_and_only_once_all_are_com
 
 async def test_r_i4_imap_idle_takes_new_mail_at_once_instead_of_after_the_interval(
         start_gateway, dovecot):
-    """With ``idle`` (the default for IMAP) a session waits in IDLE (RFC 2177) and new
-    mail starts a round at once, although the interval here is an hour."""
+    """With ``idle`` (the default for IMAP) a session waits in IDLE (RFC 2177) on the
+    first folder, and new mail there starts a round at once (which reads every folder),
+    although the interval here is an hour."""
     user = dovecot.new_user("idle")
     gw = await polled_gateway(start_gateway, dovecot, user, folders=("INBOX", "Billing"),
                               idle=True)
@@ -152,8 +153,8 @@ async def test_r_i4_imap_idle_takes_new_mail_at_once_instead_of_after_the_interv
     rounds = poller.status.rounds
     question = mail(to=(user,), subject="Is anyone there?")
     invoice = mail(to=(user,), subject="Invoice 7")
-    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(question))
-    await asyncio.to_thread(dovecot.append, user, "Billing", raw(invoice))
+    await asyncio.to_thread(dovecot.append, user, "Billing", raw(invoice))   # not watched
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(question))    # wakes it
 
     for _ in range(200):                              # no poll() call: only IDLE wakes it
         await gw.pipeline.drain()

@@ -217,6 +217,8 @@ async def test_r_b5_move_to_a_missing_folder_fails_and_keeps_the_mail(graph_fake
         with pytest.raises(MailboxError, match="Graph folder 'Archive/Nowhere' not found"):
             await mailbox.remove("INBOX", [first])
     assert graph_fake.ids("Inbox") == [first]
+    with pytest.raises(MailboxError, match="'Archive/Nowhere' not found"):   # R-C3 says so
+        await mailbox_for(graph_fake, move_to="Archive/Nowhere").test()
 
 
 async def test_r_i4_graph_errors_carry_graphs_code_and_message(graph_fake):

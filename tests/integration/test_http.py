@@ -1,6 +1,8 @@
 """HTTP: health, readiness, metrics, and the emails and connectors API (SPEC §5.3)."""
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -118,6 +120,7 @@ async def test_metrics_show_the_journal_backlog_and_its_age(gateway, http):
     assert sample(waiting, "mailgate_queue_messages", "outbound") == 0
     gateway.pipeline.start()
     await gateway.pipeline.drain()
+    await asyncio.sleep(1.1)                        # the queues are counted once a second
     async with http.get("/metrics") as r:
         drained = await r.text()
     assert sample(drained, "mailgate_queue_messages", "journal") == 0

@@ -143,6 +143,34 @@ async def test_r_o4_connections_to_the_relay_are_reused_and_concurrent(start_gat
     assert sink.sessions == 1 + 3                            # three lanes, each reused
 
 
+async def test_r_o4_a_mail_that_breaks_the_sender_is_retried_and_the_rest_still_leave(
+        start_gateway, sink):
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS,
+                             outbound=outbound(sink.port, concurrency=2))
+    await deliver(gw, mail(subject="Printer on fire"))
+    await gw.delivery.drain()
+    await gw.delivery.stop()
+
+    def signer(raw: bytes):
+        if b"poison" in raw:
+            raise ValueError("cannot sign this one")
+        return raw, None
+    gw.delivery.signer = signer
+    for subject in ("first", "poison", "third", "fourth"):
+        await gw.send_email("1-T", to=["carol@customer.test"], subject=subject, body="x")
+    gw.delivery.start()
+    for _ in range(100):
+        if len(sink.received) == 4:
+            break
+        await asyncio.sleep(0.05)
+    subjects = sorted(m["Subject"] for m in sink.messages()[1:])
+    assert subjects == ["first", "fourth", "third"]
+    states = await gw.store.read(lambda db: _queue(db))
+    assert ("queued", 1) in [(state, attempts) for state, attempts, _ in states]
+    assert any("internal error: ValueError: cannot sign this one" in (e or "")
+               for _, _, e in states)
+
+
 async def test_r_o4_a_connection_the_relay_dropped_is_reopened_not_deferred(start_gateway):
     from gateway.delivery import Relay, _Sessions
     port = free_port()

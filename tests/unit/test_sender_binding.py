@@ -8,7 +8,7 @@ from gateway.model import WorkItem
 from gateway.pipeline.sender_binding import authenticated_domains, why_not_participant
 
 ITEM = WorkItem(ref="1-T", kind="Ticket", uuid="u", connector="fr",
-                contacts=["Carol@Customer.test", "dan@mail.partner.test"])
+                contacts=["Carol@Customer.test", "dan@mail.partner.test", "eve@gmail.com"])
 TRUSTED = {"mx.corp.test"}
 
 
@@ -55,3 +55,17 @@ def test_r_b2_no_trusted_authserv_ids_means_no_header_is_believed():
     mail = message("billing@invoices.example", "mx.corp.test; dmarc=pass header.from=customer.test")
     assert authenticated_domains(mail, ()) == set()
     assert authenticated_domains(mail, {"MX.corp.test"}) == {"customer.test"}
+
+
+def test_r_b2_only_the_topmost_authentication_results_header_is_read():
+    forged_below = message("billing@invoices.example",
+                           "mx.corp.test; dkim=fail header.d=invoices.example",
+                           "mx.corp.test; dmarc=pass header.from=customer.test")
+    assert authenticated_domains(forged_below, TRUSTED) == set()
+    assert why_not_participant(forged_below, ITEM, TRUSTED) is not None
+
+
+def test_r_b2_a_public_mail_domain_makes_nobody_a_colleague():
+    assert why_not_participant(message("mallory@gmail.com"), ITEM, TRUSTED) is not None
+    assert why_not_participant(message("eve@gmail.com"), ITEM, TRUSTED) is None
+
