@@ -114,7 +114,8 @@ class Gateway:
         self.ops = Operations(self.store, self.reload_directory)
         self.pollers = Pollers(self.store, self.intake.accept_polled,
                                observe=self.metrics.observe_poll,
-                               forget=self.metrics.forget_poller)
+                               forget=self.metrics.forget_poller,
+                               max_size=settings.lmtp.max_message_size)
         self.listeners: dict[str, Listener] = {}
         self.http_runner: web.AppRunner | None = None
         self.http_port: int | None = None

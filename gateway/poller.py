@@ -77,13 +77,15 @@ class PollerStatus:
     last_round_fetched: int = 0
     next_poll_at: float | None = None
     fetched_total: int = 0
+    too_large: int = 0                  # messages over the size limit, left on the server
 
     def as_json(self) -> dict:
         return {"connector": self.connector, "protocol": self.protocol, "state": self.state,
                 "rounds": self.rounds, "failures": self.failures,
                 "last_error": self.last_error, "last_success_at": self.last_success_at,
                 "last_round_fetched": self.last_round_fetched,
-                "fetched_total": self.fetched_total, "next_poll_at": self.next_poll_at}
+                "fetched_total": self.fetched_total, "next_poll_at": self.next_poll_at,
+                "too_large": self.too_large}
 
 
 @dataclass
@@ -91,6 +93,7 @@ class RoundResult:
     fetched: int = 0
     removed: int = 0
     skipped: int = 0
+    too_large: int = 0
     folders: dict[str, int] = field(default_factory=dict)
 
 
@@ -142,12 +145,14 @@ class Poller:
                  journal: Journal, *, mailbox: Mailbox | None = None,
                  new_mailbox: Callable[[], Mailbox] | None = None, batch: int = BATCH,
                  observe: Callable[[PollerStatus, float, bool], None] | None = None,
-                 timeout: float | None = None):
+                 timeout: float | None = None, max_size: int | None = None):
         self.store = store
         self.connector = connector
         self.credentials = credentials
         self.journal = journal
-        options = {"timeout": timeout} if timeout is not None else {}
+        options: dict = {"max_size": max_size}
+        if timeout is not None:
+            options["timeout"] = timeout
         # a second session per watched folder (IMAP IDLE) comes from here too
         self.new_mailbox = new_mailbox or (
             lambda: open_mailbox(connector, credentials, **options))
@@ -164,6 +169,7 @@ class Poller:
         self._removed: dict[str, set[str]] = {}
         self._waiters: list[tuple[int, asyncio.Future]] = []
         self._watchers: list[asyncio.Task] = []
+        self._reported_too_large: set[tuple[str, str]] = set()     # (folder, key): said once
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -295,6 +301,7 @@ class Poller:
         status.last_success_at = time.time()
         status.last_round_fetched = result.fetched
         status.fetched_total += result.fetched
+        status.too_large = result.too_large
         if result.fetched or result.skipped:
             log.info("poller %s: fetched %d, removed %d, skipped %d (%s)", self.connector.name,
                      result.fetched, result.removed, result.skipped,
@@ -331,6 +338,29 @@ class Poller:
         await mailbox.remove(folder, keys)
         result.removed += len(keys)
         self._removed.setdefault(folder, set()).update(keys)
+
+    async def _leave_too_large(self, mailbox: Mailbox, folder: str, new: list[str],
+                               result: RoundResult) -> list[str]:
+        """Messages over the gateway's size limit (``[lmtp] max_message_size``) are not
+        fetched: they stay on the server, where nothing is lost, and each is reported
+        once (log, ``connector.message_too_large`` event, status) for a person to deal
+        with. Fetching them would hold the whole message in memory."""
+        too_large = [k for k in new if k in mailbox.too_large]
+        if not too_large:
+            return new
+        result.too_large += len(too_large)
+        for key in too_large:
+            if (folder, key) in self._reported_too_large:
+                continue
+            self._reported_too_large.add((folder, key))
+            size = mailbox.too_large[key]
+            log.warning("poller %s: %s message %s is %s, over the limit of %d bytes; left on "
+                        "the server", self.connector.name, folder, key,
+                        f"{size} bytes" if size else "larger", mailbox.max_size)
+            await self._emit("connector.message_too_large", folder=folder, key=key,
+                             size=size, limit=mailbox.max_size)
+        skip = set(too_large)
+        return [k for k in new if k not in skip]
 
     async def _emit(self, event_type: str, **data: object) -> None:
         """One event per change of health, so a host can alert (R-X1)."""
@@ -391,6 +421,7 @@ class Poller:
             if leftover and self.connector.clears_folder:
                 await self._remove(mailbox, folder, leftover, result)
         result.folders[folder] = 0
+        new = await self._leave_too_large(mailbox, folder, new, result)
         # Batch N's commit (an fsync on the writer's thread) overlaps the fetch of batch
         # N+1. Committed keys wait in ``pending`` and are removed REMOVE_BATCH at a time.
         committing: tuple[list[str], asyncio.Task] | None = None

@@ -30,8 +30,10 @@ class Pollers:
     def __init__(self, store: SqliteStore, journal: Journal, *,
                  observe: Callable[[PollerStatus, float, bool], None] | None = None,
                  forget: Callable[[str, str], None] | None = None,
-                 timeout: float | None = None, mailbox_factory: Callable | None = None):
+                 timeout: float | None = None, mailbox_factory: Callable | None = None,
+                 max_size: int | None = None):
         self.store = store
+        self.max_size = max_size                  # the gateway's size limit for a message
         self.mailbox_factory = mailbox_factory    # (connector, credentials) -> Mailbox
         self.journal = journal
         self.observe = observe
@@ -79,7 +81,7 @@ class Pollers:
                                lambda c=connector, creds=credentials: factory(c, creds))
                 poller = Poller(self.store, connector, credentials, self.journal,
                                 new_mailbox=new_mailbox, observe=self.observe,
-                                timeout=self.timeout)
+                                timeout=self.timeout, max_size=self.max_size)
             except Exception as exc:  # one broken connector must not stop the others
                 log.error("poller %s: cannot start: %s", name, exc)
                 continue

@@ -198,8 +198,8 @@ class GraphMailbox(Mailbox):
 
     def __init__(self, connector: Connector, credentials: Credentials, *,
                  timeout: float = DEFAULT_TIMEOUT, throttle_budget: float = THROTTLE_BUDGET,
-                 max_in_flight: int = MAX_IN_FLIGHT):
-        super().__init__(connector, credentials, timeout=timeout)
+                 max_in_flight: int = MAX_IN_FLIGHT, max_size: int | None = None):
+        super().__init__(connector, credentials, timeout=timeout, max_size=max_size)
         self.throttle_budget = throttle_budget
         self.tokens = GraphTokens(connector, credentials, timeout)
         self._gate = asyncio.Semaphore(max_in_flight)
@@ -308,6 +308,8 @@ class GraphMailbox(Mailbox):
         if messages is None:
             return None
         self.large = {m["id"] for m in messages if _size(m) > LARGE_MESSAGE}
+        self.too_large = {m["id"]: _size(m) for m in messages
+                          if self.max_size and _size(m) > self.max_size}
         return list(dict.fromkeys(message["id"] for message in messages))
 
     async def _all_items(self, url: str, *, missing_ok: bool = False) -> list | None:

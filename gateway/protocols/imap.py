@@ -428,6 +428,15 @@ class ImapMailbox(Mailbox):
                 raise MailboxError(f"UID SEARCH {folder}: {_text(response)}")
             self.large = {f"{uidvalidity}:{token.decode()}" for line in response.lines[:-1]
                           for token in bytes(line).split() if token.isdigit()}
+        self.too_large = {}
+        if self.large and self.max_size and self.max_size > LARGE_MESSAGE:
+            response = await self._call(f"UID SEARCH {folder}", protocol.search(
+                "UNDELETED", "LARGER", str(self.max_size), charset=None, by_uid=True))
+            if response.result != "OK":
+                raise MailboxError(f"UID SEARCH {folder}: {_text(response)}")
+            self.too_large = {f"{uidvalidity}:{token.decode()}": None
+                              for line in response.lines[:-1]
+                              for token in bytes(line).split() if token.isdigit()}
         return [f"{uidvalidity}:{uid}" for uid in uids]
 
     async def fetch(self, folder: str, keys: list[str]) -> list[Fetched]:

@@ -70,13 +70,17 @@ class Mailbox(abc.ABC):
     two_step_remove = False
 
     def __init__(self, connector: Connector, credentials: Credentials, *,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, max_size: int | None = None):
         self.connector = connector
         self.credentials = credentials
         self.timeout = timeout
         # keys of messages over LARGE_MESSAGE, as far as the last keys() call could tell
         # cheaply (IMAP SEARCH LARGER, POP3 LIST); the poller fetches them one by one
         self.large: set[str] = set()
+        # the gateway's size limit, and the keys (with sizes, when known) the last keys()
+        # found over it: the poller leaves those on the server and says so
+        self.max_size = max_size
+        self.too_large: dict[str, int | None] = {}
 
     async def __aenter__(self) -> "Mailbox":
         await self.open()

@@ -213,6 +213,8 @@ class Pop3Mailbox(Mailbox):
                 sizes[int(number)] = int(size.strip())
         self.large = {uidl for uidl, number in numbers.items()
                       if sizes.get(number, 0) > LARGE_MESSAGE}
+        self.too_large = {uidl: sizes[number] for uidl, number in numbers.items()
+                          if self.max_size and sizes.get(number, 0) > self.max_size}
         return list(numbers)
 
     async def fetch(self, folder: str, keys: list[str]) -> list[Fetched]:

@@ -199,6 +199,34 @@ async def test_r_b5_move_to_keeps_processed_mail_in_a_folder_created_when_missin
     assert kept == [raw(first), raw(second)]                 # moved byte for byte
 
 
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+async def test_r_i3_mail_over_the_size_limit_stays_on_the_server_and_is_reported_once(
+        start_gateway, dovecot, protocol):
+    """The gateway's size limit ([lmtp] max_message_size, R-I3) holds for polled mail too:
+    a message over it is not fetched (it would sit in memory whole) nor lost: it stays
+    in the mailbox, and the poller says so once."""
+    user = dovecot.new_user(f"big{protocol}")
+    small = mail(to=(user,), subject="A normal question")
+    big = mail(to=(user,), subject="Scans attached", body="scan " * 500_000)   # ~2.5 MB
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(big))
+    await asyncio.to_thread(dovecot.append, user, "INBOX", raw(small))
+    gw = await start_gateway(connectors=[], lmtp={"max_message_size": 2_000_000})
+    connector = dovecot.connector(user, protocol=protocol, name="mbox", poll_interval=3600,
+                                  idle=False)
+    await gw.add_connector(connector, username=user, password=dovecot.password(user))
+
+    await poll(gw, "mbox")
+    status = await poll(gw, "mbox")
+
+    assert status.state == "ok" and status.too_large == 1
+    assert [c.outcome for c in await copies(gw, small)] == ["created"]
+    assert await copies(gw, big) == []
+    assert await count(dovecot, user) == 1                          # the big one, kept
+    events = [e for e in await gw.store.events(0, 100)
+              if e["type"] == "connector.message_too_large"]
+    assert len(events) == 1 and events[0]["data"]["limit"] == 2_000_000
+
+
 async def test_r_i4_crash_between_commit_and_delete_creates_no_second_work_item(
         start_gateway, dovecot, tmp_path):
     user = dovecot.new_user("crash")

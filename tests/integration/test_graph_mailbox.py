@@ -20,7 +20,8 @@ def mailbox_for(fake: GraphFake, credentials: Credentials | None = None,
                 **overrides) -> GraphMailbox:
     """The mailbox for a connector pointed at ``fake``; ``throttle_budget`` and
     ``timeout`` are mailbox options, everything else a connector field."""
-    options = {k: overrides.pop(k) for k in ("throttle_budget", "timeout") if k in overrides}
+    options = {k: overrides.pop(k) for k in ("throttle_budget", "timeout", "max_size")
+               if k in overrides}
     mailbox = open_mailbox(fake.connector(**overrides), credentials or fake.credentials(),
                            **options)
     assert isinstance(mailbox, GraphMailbox)
@@ -219,6 +220,15 @@ async def test_r_b5_move_to_a_missing_folder_fails_and_keeps_the_mail(graph_fake
     assert graph_fake.ids("Inbox") == [first]
     with pytest.raises(MailboxError, match="'Archive/Nowhere' not found"):   # R-C3 says so
         await mailbox_for(graph_fake, move_to="Archive/Nowhere").test()
+
+
+async def test_r_i3_graph_names_the_messages_over_the_size_limit(graph_fake):
+    small = graph_fake.add_message()
+    big = graph_fake.add_message(b"Subject: big\r\n\r\n" + b"x" * 3_000_000 + b"\r\n")
+    async with mailbox_for(graph_fake, max_size=2_000_000) as mailbox:
+        keys = await mailbox.keys("INBOX")
+    assert keys == [small, big]
+    assert list(mailbox.too_large) == [big] and mailbox.too_large[big] > 3_000_000
 
 
 async def test_r_i4_graph_errors_carry_graphs_code_and_message(graph_fake):
