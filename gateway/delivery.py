@@ -69,6 +69,11 @@ class _Sessions:
                 return
             except aiosmtplib.SMTPServerDisconnected:
                 pass            # the relay closed the idle connection: open a new one
+            except aiosmtplib.SMTPResponseException as exc:
+                if exc.code != 421:
+                    raise
+                # 421: the relay is closing this connection (RFC 5321 3.8); a new one
+                # may well be served, and it is tried at once rather than deferred
         await self._drop(relay)
         client = aiosmtplib.SMTP(
             hostname=relay.host, port=relay.port, timeout=self.timeout,

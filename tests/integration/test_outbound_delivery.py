@@ -188,6 +188,32 @@ async def test_r_o4_a_connection_the_relay_dropped_is_reopened_not_deferred(star
     assert relay_server.sessions == 2
 
 
+async def test_r_o4_a_421_on_a_reused_connection_is_tried_at_once_on_a_new_one():
+    from gateway.delivery import Relay, _Sessions
+    port = free_port()
+    relay_server = Sink(port).start()
+    closing = {"done": False}
+
+    async def handle_MAIL(server, session, envelope, address, options):
+        if relay_server.sessions == 1 and relay_server.received and not closing["done"]:
+            closing["done"] = True
+            return "421 4.3.2 service shutting down"
+        envelope.mail_from = address
+        return "250 OK"
+    relay_server.handle_MAIL = handle_MAIL
+    try:
+        sessions = _Sessions(timeout=10)
+        relay = Relay("127.0.0.1", port, "none", "mailgate", "relay-secret", "test")
+        for n in (1, 2):
+            await sessions.send(relay, None, "fr@corp.test", [f"p{n}@customer.test"],
+                                b"Subject: %d\r\n\r\nx\r\n" % n)
+        await sessions.close()
+    finally:
+        relay_server.stop()
+    assert closing["done"] and relay_server.sessions == 2
+    assert [r[1] for r in relay_server.received] == [["p1@customer.test"], ["p2@customer.test"]]
+
+
 async def _queue(db):
     async with db.execute("SELECT state, attempts, last_error FROM outbound_queue") as cursor:
         return [tuple(r) for r in await cursor.fetchall()]
