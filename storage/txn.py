@@ -268,12 +268,27 @@ class SyncTxn:
         return {r[0] for r in self._all("SELECT name FROM processes")}
 
     def email_state(self, email_id: int) -> tuple | None:
-        """(outcome, direction, trace JSON) of one email."""
-        return self._one("SELECT outcome, direction, trace FROM emails WHERE id = ?",
+        """(outcome, direction, trace JSON, state) of one email."""
+        return self._one("SELECT outcome, direction, trace, state FROM emails WHERE id = ?",
                          (email_id,))
 
+    def still_journaled(self, email_ids: Iterable[int]) -> set[int]:
+        """Which of these copies still wait for the pipeline (a person may have placed
+        one, R-U1, since the batch was read)."""
+        ids = list(email_ids)
+        marks = ", ".join("?" * len(ids))
+        return {r[0] for r in self._all(f"SELECT id FROM emails WHERE id IN ({marks})"
+                                        " AND state = 'journaled'", ids)} if ids else set()
+
     def savepoint(self, action: str) -> None:
-        """``begin`` / ``rollback`` / ``release`` the per-copy savepoint of the runner."""
+        """``begin`` / ``rollback`` / ``release`` the per-copy savepoint of the runner.
+
+        The savepoints nest in the job's transaction, which is opened first when
+        nothing has been written yet: a SAVEPOINT outside a transaction would start
+        one, and its RELEASE would commit that copy's effects on their own, long before
+        the batch's outcomes (a crash between them would apply the copy twice)."""
+        if action == "begin" and not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
         sql = {"begin": "SAVEPOINT copy", "rollback": "ROLLBACK TO copy",
                "release": "RELEASE copy"}[action]
         self.conn.execute(sql)

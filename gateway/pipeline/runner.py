@@ -170,8 +170,11 @@ class Runner(Worker):
 
         def decide_batch(conn: sqlite3.Connection) -> list[tuple[Verdict, Context | None]]:
             txn = BatchTxn(conn)
+            # Read on the reader connection a moment ago; a copy a person placed since
+            # (R-U1) is no longer the pipeline's to decide.
+            waiting = txn.still_journaled(c.email_id for c in copies)
             decided = [self._process_copy(txn, copy, directory, settings, isolate=isolate)
-                       for copy in copies]
+                       for copy in copies if copy.email_id in waiting]
             txn.flush()
             return decided
 
@@ -302,8 +305,9 @@ class Runner(Worker):
             state = txn.email_state(email_id)
             if row is None or state is None:
                 raise LookupError("email")
-            if state[0] != "unprocessed" or state[1] != "incoming":
-                raise ValueError("only an unprocessed incoming email can be placed by hand")
+            if state[0] != "unprocessed" or state[1] != "incoming" or state[3] != "done":
+                raise ValueError("only an unprocessed incoming email can be placed by hand "
+                                 "(not one waiting to be run again)")
             _, connector_name, source, mail_from, rcpt_to, folder_path, raw = row
             connector = directory.connectors.get(connector_name)
             if connector is None:

@@ -81,3 +81,80 @@ async def test_a12_a_large_copy_whose_parse_overruns_ends_unparseable(start_gate
     record = await gw.store.email(email_id)
     assert (record.outcome, record.reason) == ("unprocessed", "unparseable")
     assert record.trace[0]["reason"] == "parse_timeout"
+
+
+async def test_a_batch_run_again_copy_by_copy_still_commits_as_one(start_gateway, monkeypatch,
+                                                                    tmp_path):
+    """A poison copy makes the batch run again with a savepoint per copy. Those savepoints
+    nest in one transaction: while the batch runs, another connection sees none of the
+    copies' work items; after it, all of them with their outcomes."""
+    import sqlite3
+
+    from gateway.pipeline import apply as apply_module
+    seen_meanwhile: list[int] = []
+    real_run = apply_module.Apply.run
+
+    async def run(self, mail, ctx):
+        if b"poison" in mail.raw:
+            raise RuntimeError("a bug that hits one message")
+        verdict = await real_run(self, mail, ctx)
+        with sqlite3.connect(tmp_path / "mailgate.db", timeout=0.1) as other:
+            seen_meanwhile.append(other.execute("SELECT COUNT(*) FROM work_items").fetchone()[0])
+        return verdict
+
+    monkeypatch.setattr(apply_module.Apply, "run", run)
+    gw = await start_gateway()
+    await gw.pipeline.stop()
+    raws = [RAW.replace(b"<runner@", b"<r%d@" % n).replace(b"hello\r\n", b"hello %d\r\n" % n)
+            for n in range(4)]
+    raws.insert(2, RAW.replace(b"<runner@", b"<poison@") + b"poison\r\n")
+    ids = await gw.store.journal([Copy(raw=raw, connector="support", source="lmtp")
+                                  for raw in raws])
+    gw.pipeline.start()
+    await gw.pipeline.drain()
+
+    outcomes = [(await gw.store.email(i)).outcome for i in ids]
+    assert outcomes == ["created", "created", "unprocessed", "created", "created"]
+    assert seen_meanwhile and set(seen_meanwhile) == {0}       # nothing visible mid-batch
+    with sqlite3.connect(tmp_path / "mailgate.db") as other:
+        assert other.execute("SELECT COUNT(*) FROM work_items").fetchone()[0] == 4
+
+
+async def test_r_u1_a_copy_placed_by_a_person_while_its_batch_was_read_is_not_decided_again(
+        start_gateway):
+    gw = await start_gateway()
+    await gw.pipeline.stop()
+    [email_id] = await gw.store.journal([Copy(raw=RAW, connector="support", source="lmtp")])
+    runner = gw.pipeline
+    real_read = runner._read
+
+    async def read_then_placed(row):
+        copy = await real_read(row)
+
+        async def placed(db):       # what place() leaves: decided, on a work item
+            await db.execute("UPDATE emails SET state = 'done', outcome = 'appended',"
+                             " trace = '[\"by hand\"]' WHERE id = ?", (email_id,))
+        await gw.store.write(placed)
+        return copy
+
+    runner._read = read_then_placed
+    runner.start()
+    await runner.drain()
+
+    record = await gw.store.email(email_id)
+    assert (record.outcome, record.trace) == ("appended", ["by hand"])
+    rows = await gw.store.read(lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
+    assert rows[0][0] == 0                                    # the pipeline made nothing
+
+
+async def test_r_u1_a_copy_waiting_to_be_run_again_cannot_be_placed_by_hand(start_gateway):
+    gw = await start_gateway()
+    bad = RAW.replace(b"To: support@example.test", b"To: nobody@elsewhere.test")
+    [email_id] = await gw.store.journal([Copy(raw=bad, connector="support", source="lmtp")])
+    gw.pipeline.wake()
+    await gw.pipeline.drain()
+    assert (await gw.store.email(email_id)).outcome == "unprocessed"
+    await gw.pipeline.stop()
+    assert await gw.pipeline.reprocess(email_id)
+    with pytest.raises(ValueError, match="not one waiting to be run again"):
+        await gw.pipeline.place(email_id, route_id=1)
