@@ -20,6 +20,7 @@ import secrets
 import ssl
 import time
 from pathlib import Path
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -456,20 +457,28 @@ class Gateway:
                 if not session.close_idle() and session.transport is not None:
                     session.transport.close()
         await asyncio.sleep(0)
-        if self.http_runner is not None:
-            await self.http_runner.cleanup()
         self.pollers.started = False
-        await self.pollers.stop()
-        await self.pipeline.stop()
+        # Each part stops on its own: one that fails (a worker that died earlier
+        # re-raises here) must not keep the store from closing or serve from exiting.
+        parts: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self.http_runner is not None:
+            parts.append(("http", self.http_runner.cleanup))
+        parts += [("pollers", self.pollers.stop), ("pipeline", self.pipeline.stop)]
         if self.delivery is not None:
-            await self.delivery.stop()
-        await self.events.stop()
-        for sender in self.webhooks:
-            await sender.stop()
-        await self.store.close()
-        self.metrics.draining.set(0)
-        log.info("stopped after draining for %.2fs", time.monotonic() - started)
-        self._stopped.set()
+            parts.append(("delivery", self.delivery.stop))
+        parts.append(("events", self.events.stop))
+        parts += [("webhooks", sender.stop) for sender in self.webhooks]
+        try:
+            for name, stop in parts:
+                try:
+                    await stop()
+                except Exception:
+                    log.exception("stopping %s failed", name)
+            await self.store.close()
+        finally:
+            self.metrics.draining.set(0)
+            log.info("stopped after draining for %.2fs", time.monotonic() - started)
+            self._stopped.set()
 
 
 def _route_from_seed(seed: BootstrapRoute) -> Route:

@@ -15,10 +15,11 @@ on restart (SMTP offers no better: at least once, never lost).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
-from typing import Callable, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import aiosmtplib
 import aiosqlite
@@ -49,6 +50,7 @@ class Relay(NamedTuple):
 
 
 BATCH = 100
+STORE_RETRY = 1.0           # seconds between rounds while the store refuses writes
 
 
 class _Sessions:
@@ -61,12 +63,14 @@ class _Sessions:
         self._open: dict[Relay, aiosmtplib.SMTP] = {}
 
     async def send(self, relay: Relay, context: ssl.SSLContext | None, sender: str,
-                   recipients: list[str], raw: bytes) -> None:
+                   recipients: list[str], raw: bytes) -> dict[str, Any]:
+        """Send ``raw``; the recipients the relay refused while taking it for the others
+        (address → its reply). Raises when it took it for nobody."""
         client = self._open.get(relay)
         if client is not None and client.is_connected:
             try:
-                await client.sendmail(sender, recipients, raw)
-                return
+                refused, _ = await client.sendmail(sender, recipients, raw)
+                return refused
             except aiosmtplib.SMTPServerDisconnected:
                 pass            # the relay closed the idle connection: open a new one
             except aiosmtplib.SMTPResponseException as exc:
@@ -83,11 +87,12 @@ class _Sessions:
         await client.connect()
         self._open[relay] = client
         try:
-            await client.sendmail(sender, recipients, raw)
+            refused, _ = await client.sendmail(sender, recipients, raw)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError,
                 asyncio.TimeoutError):
             await self._drop(relay)
             raise
+        return refused
 
     async def _drop(self, relay: Relay) -> None:
         client = self._open.pop(relay, None)
@@ -124,36 +129,65 @@ class Delivery(Worker):
         self._trust: dict[tuple[str, bool], ssl.SSLContext] = {}
         self._lanes = [_Sessions(settings.default_gateway.timeout)
                        for _ in range(max(1, settings.concurrency))]
+        # Mail the relay took whose record could not be written (the store failing):
+        # never sent again, only recorded again, first thing every round.
+        self._unrecorded: dict[int, Callable[[], Awaitable[None]]] = {}
+        self._store_trouble = False
 
     def start(self) -> None:
         self.start_task()
 
     async def _run(self) -> None:
         while not self._stopping:
-            self._wakeup.clear()
             try:
-                due = await self.store.read(lambda db: outbound_sql.due(db, time.time(), BATCH))
-            except Exception:
-                log.exception("cannot read the outbound queue")
-                due = []
-            relays = await self._connector_relays() if due else {}
-            lanes = self._lanes
-            await asyncio.gather(*(self._lane(due[n::len(lanes)], relays, sessions)
-                                   for n, sessions in enumerate(lanes)))
+                busy = await self._round()
+            except Exception:           # the worker must outlive any one failure
+                log.exception("outbound delivery round failed; retrying")
+                busy, self._store_trouble = True, True
             if self._stopping:
                 break
-            if due:
+            if self._store_trouble:     # the store refuses writes: do not spin on it
+                self._store_trouble = False
+                await asyncio.sleep(STORE_RETRY)
                 continue
-            for sessions in lanes:          # nothing due: let the relays go
+            if busy:
+                continue
+            for sessions in self._lanes:    # nothing due: let the relays go
                 await sessions.close()
             self.idle.set()
-            when = await self.store.read(outbound_sql.next_due)
+            try:
+                when = await self.store.read(outbound_sql.next_due)
+            except Exception:
+                log.exception("cannot read the outbound queue")
+                when = None
             wait = 30.0 if when is None else max(0.0, min(30.0, when - time.time()))
             try:
                 await asyncio.wait_for(self._wakeup.wait(), wait)
             except asyncio.TimeoutError:
                 pass
             self.idle.clear()
+
+    async def _round(self) -> bool:
+        """Send what is due; True when there was something to send."""
+        self._wakeup.clear()
+        for email_id, record in list(self._unrecorded.items()):
+            try:                        # sent earlier; only the record of it failed
+                await record()
+                del self._unrecorded[email_id]
+            except Exception as exc:
+                log.error("email %s: sent, but its record still cannot be written: %s",
+                          email_id, exc)
+                self._store_trouble = True
+                return True
+        due = await self.store.read(lambda db: outbound_sql.due(db, time.time(), BATCH))
+        due = [m for m in due if m["email_id"] not in self._unrecorded]
+        if not due:
+            return False
+        relays = await self._connector_relays()
+        lanes = self._lanes
+        await asyncio.gather(*(self._lane(due[n::len(lanes)], relays, sessions)
+                               for n, sessions in enumerate(lanes)))
+        return True
 
     async def _lane(self, mails: list[dict], relays: dict[str, Relay],
                     sessions: _Sessions) -> None:
@@ -165,11 +199,12 @@ class Delivery(Worker):
                 await self._deliver(mail, relays, sessions)
             except Exception as exc:    # a bug (or a signer failing on one mail) must not
                 log.exception("email %s: delivery failed", mail["email_id"])  # end the lane
-                try:
+                try:        # _deliver never raises once the relay took the mail
                     await self._failed(mail, f"internal error: {type(exc).__name__}: {exc}",
                                        permanent=False)
                 except Exception:
                     log.exception("email %s: cannot record the failure", mail["email_id"])
+                    self._store_trouble = True
 
     async def stop(self) -> None:
         await super().stop()
@@ -221,18 +256,53 @@ class Delivery(Worker):
         sessions = sessions or self._lanes[0]
         context = (relay.tls_context or self._tls_context) if relay.tls != "none" else None
         try:
-            await sessions.send(relay, context, mail["mail_from"], mail["rcpt_to"], raw)
+            refused = await sessions.send(relay, context, mail["mail_from"], mail["rcpt_to"],
+                                          raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             await self._failed(mail, f"recipients refused: {exc}", permanent=min(codes) >= 500)
+            return
         except aiosmtplib.SMTPResponseException as exc:
             await self._failed(mail, f"{exc.code} {exc.message}", permanent=exc.code >= 500)
+            return
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             await self._failed(mail, f"{type(exc).__name__}: {exc}", permanent=False)
-        else:
-            await self._record(mail, "sent", None, signed=domain, relay=relay.name)
+            return
+        # The relay has the mail (for some recipients at least): from here on it is never
+        # sent to them again, whatever the store does.
+        record = functools.partial(self._sent, mail, refused, domain, relay.name)
+        try:
+            await record()
+        except Exception as exc:
+            log.error("email %s: sent, but its record cannot be written (%s); kept in "
+                      "memory and recorded again, never sent again", mail["email_id"], exc)
+            self._unrecorded[mail["email_id"]] = record
+            self._store_trouble = True
 
-    async def _failed(self, mail: dict, error: str, *, permanent: bool) -> None:
+    async def _sent(self, mail: dict, refused: dict[str, Any], domain: str | None,
+                    relay: str) -> None:
+        """Record a send the relay took. Recipients it refused for now are tried again
+        later on their own; those it refused for good get an ``outbound.failed`` event."""
+        later = sorted(r for r, reply in refused.items() if 400 <= reply.code < 500)
+        never = sorted(r for r, reply in refused.items() if reply.code >= 500)
+        if never:
+            await self._event(mail, "outbound.failed", recipients=never,
+                              error="; ".join(f"{r}: {refused[r].code} {refused[r].message}"
+                                              for r in never))
+        if later:
+            error = "; ".join(f"{r}: {refused[r].code} {refused[r].message}" for r in later)
+            await self._failed(dict(mail, rcpt_to=later), f"recipients deferred: {error}",
+                               permanent=False, pending=later)
+            return
+        await self._record(mail, "sent", None, signed=domain, relay=relay)
+
+    async def _event(self, mail: dict, event_type: str, **data: Any) -> None:
+        async def work(db: aiosqlite.Connection) -> None:
+            await Txn(db).emit(event_type, ref=mail["ref"], email_id=mail["email_id"], **data)
+        await self.store.write(work)
+
+    async def _failed(self, mail: dict, error: str, *, permanent: bool,
+                      pending: list[str] | None = None) -> None:
         attempts = mail["attempts"] + 1
         age = time.time() - mail["created_at"]
         if permanent or age >= self.settings.max_lifetime:
@@ -244,7 +314,8 @@ class Delivery(Worker):
 
         async def work(db: aiosqlite.Connection) -> None:
             await outbound_sql.finish(db, mail["email_id"], state="queued", attempts=attempts,
-                                      error=error, next_attempt_at=time.time() + delay)
+                                      error=error, next_attempt_at=time.time() + delay,
+                                      pending=pending)
         await self.store.write(work)
         if self.on_result:
             self.on_result("deferred")

@@ -9,7 +9,8 @@ import aiosqlite
 async def due(db: aiosqlite.Connection, now: float, limit: int) -> list[dict]:
     """Queued mail whose next try is due, oldest first, with what sending needs."""
     async with db.execute(
-            "SELECT q.email_id, q.attempts, q.created_at, e.connector, e.mail_from, e.rcpt_to,"
+            "SELECT q.email_id, q.attempts, q.created_at, e.connector, e.mail_from,"
+            " COALESCE(q.pending_rcpts, e.rcpt_to),"
             " e.message_id, m.raw, (SELECT ref FROM item_emails WHERE email_id = q.email_id"
             " LIMIT 1) FROM outbound_queue q JOIN emails e ON e.id = q.email_id"
             " JOIN messages m ON m.id = e.message"
@@ -29,10 +30,15 @@ async def next_due(db: aiosqlite.Connection) -> float | None:
 
 
 async def finish(db: aiosqlite.Connection, email_id: int, *, state: str, attempts: int,
-                 error: str | None, next_attempt_at: float) -> None:
+                 error: str | None, next_attempt_at: float,
+                 pending: list[str] | None = None) -> None:
+    """The outcome of a try. ``pending``: the recipients a later try is for, when a
+    relay refused only some of them for now (the others have the mail)."""
     await db.execute("UPDATE outbound_queue SET state = ?, attempts = ?, last_error = ?,"
-                     " next_attempt_at = ? WHERE email_id = ?",
-                     (state, attempts, error, next_attempt_at, email_id))
+                     " next_attempt_at = ?, pending_rcpts = COALESCE(?, pending_rcpts)"
+                     " WHERE email_id = ?",
+                     (state, attempts, error, next_attempt_at,
+                      json.dumps(pending) if pending else None, email_id))
 
 
 async def delivery(db: aiosqlite.Connection, email_id: int) -> dict | None:

@@ -110,7 +110,10 @@ class Runner(Worker):
                 continue
             careful = False
             for verdict, ctx in decided:
-                self.observer.outcome(verdict, ctx)
+                try:                    # metrics must never stop the pipeline
+                    self.observer.outcome(verdict, ctx)
+                except Exception:
+                    log.exception("pipeline observer failed")
             if decided:
                 continue
             if time.monotonic() - self._pruned_at > PRUNE_EVERY:

@@ -20,3 +20,7 @@ CREATE INDEX reopens_by_ref ON reopens(ref, at);
 -- /metrics counts the waiting outbound mail and its oldest at every scrape; the
 -- queue keeps every row it ever had, so the count must not scan them all.
 CREATE INDEX outbound_queue_waiting ON outbound_queue(created_at) WHERE state = 'queued';
+
+-- R-O4: the recipients still to be tried when a relay refused only some of them
+-- with a temporary error (NULL: all of the email's recipients).
+ALTER TABLE outbound_queue ADD COLUMN pending_rcpts TEXT;

@@ -214,6 +214,59 @@ async def test_r_o4_a_421_on_a_reused_connection_is_tried_at_once_on_a_new_one()
     assert [r[1] for r in relay_server.received] == [["p1@customer.test"], ["p2@customer.test"]]
 
 
+async def test_r_o4_recipients_refused_for_now_are_retried_alone_and_for_good_reported(
+        start_gateway, sink):
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=outbound(sink.port))
+    await deliver(gw, mail(subject="Printer on fire"))
+    await gw.delivery.drain()
+    tries: dict[str, int] = {}
+
+    async def handle_RCPT(server, session, envelope, address, options):
+        tries[address] = tries.get(address, 0) + 1
+        if address == "later@customer.test" and tries[address] == 1:
+            return "450 4.2.0 greylisted, come back later"
+        if address == "gone@customer.test":
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+    sink.handle_RCPT = handle_RCPT
+    await gw.send_email("1-T", to=["carol@customer.test"],
+                        cc=["later@customer.test", "gone@customer.test"],
+                        subject="Update", body="On the way.")
+    await gw.delivery.drain(10)
+
+    assert [r[1] for r in sink.received[1:]] == [["carol@customer.test"],
+                                                 ["later@customer.test"]]
+    assert tries["gone@customer.test"] == 1                  # never asked again
+    events = [(e["type"], e["data"].get("recipients")) for e in await gw.store.events(0, 100)
+              if e["type"].startswith("outbound.") and e["data"].get("recipients") !=
+              ["carol@customer.test"]]
+    assert ("outbound.failed", ["gone@customer.test"]) in events
+    assert ("outbound.sent", ["later@customer.test"]) in events
+
+
+async def test_r_o4_mail_the_relay_took_is_never_sent_again_when_its_record_fails(
+        start_gateway, sink, monkeypatch):
+    from gateway.delivery import Delivery
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=outbound(sink.port))
+    real_record = Delivery._record
+    failures = {"left": 3}
+
+    async def flaky_record(self, mail, state, error, **kw):
+        if state == "sent" and failures["left"]:
+            failures["left"] -= 1
+            raise OSError("disk full")
+        return await real_record(self, mail, state, error, **kw)
+    monkeypatch.setattr(Delivery, "_record", flaky_record)
+
+    await deliver(gw, mail(subject="Printer on fire"))
+    await gw.delivery.drain(15)
+
+    assert len(sink.received) == 1                           # sent once, recorded at last
+    [state] = await gw.store.read(lambda db: _queue(db))
+    assert state[0] == "sent" and failures["left"] == 0
+
+
 async def _queue(db):
     async with db.execute("SELECT state, attempts, last_error FROM outbound_queue") as cursor:
         return [tuple(r) for r in await cursor.fetchall()]
