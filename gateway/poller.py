@@ -13,8 +13,10 @@ opens a session with the mailbox and, folder by folder:
 
 A crash anywhere leaves a consistent state: before 3 the message is still on
 the server and is fetched again; after 3 the next round finds its key known and
-only removes it again, so it is never journaled twice (and if a server hands
-the same bytes back under a new key, dedup R-D1 absorbs it). Keys of messages
+only removes it again, so it is never journaled twice. Dedup (R-D1) absorbs the
+two cases that do fetch a message again: a server handing the same bytes back
+under a new key, and a poller replaced (directory change) while the commit of
+its last batch was still queued behind the next poller's listing. Keys of messages
 gone from a folder are forgotten, so the table is as big as the mailboxes.
 
 Between rounds an IMAP connector with ``idle`` (the default) keeps one more
