@@ -110,7 +110,9 @@ class Pollers:
         return {name: poller.status.as_json() for name, (_, poller) in self.running.items()}
 
     async def stop(self) -> None:
+        """Stop every poller at once: each may take STOP_GRACE on a silent server, and
+        one after another they could outlast the service manager's stop timeout."""
         async with self._syncing:
-            for name in list(self.running):
-                _, poller = self.running.pop(name)
-                await poller.stop()
+            pollers = [poller for _, poller in self.running.values()]
+            self.running.clear()
+            await asyncio.gather(*(poller.stop() for poller in pollers))
