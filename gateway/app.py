@@ -283,11 +283,24 @@ class Gateway:
             return self.settings.http.admin_token
         path = Path(self.settings.sqlite_path or ".").resolve().parent / "mailgate.admin-token"
         if path.exists():
-            return path.read_text().strip()
+            token = path.read_text().strip()
+            if not token:       # an empty token would let anyone in (the API refuses it)
+                raise RuntimeError(f"{path} is empty: delete it to have a new admin token "
+                                   "generated, or set [http] admin_token_file")
+            return token
         token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under another name first, then linked into place: a crash never
+        # leaves an empty token file behind, and a second gateway never overwrites one.
+        part = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(part, path)
+        finally:
+            os.unlink(part)
         log.info("http: no admin_token configured; generated one into %s", path)
         return token
 

@@ -5,9 +5,10 @@ event committed before a crash is still delivered after the restart, and a
 receiver that was down gets everything it missed, in order (at least once:
 a receiver dedups on ``X-Mailgate-Event-Id``).
 
-Signature: ``X-Mailgate-Signature: sha256=<hex HMAC-SHA256(secret, body)>``
-over the exact body bytes, and ``X-Mailgate-Timestamp`` so receivers can
-refuse replays.
+Signature: ``X-Mailgate-Signature: sha256=<hex HMAC-SHA256(secret, "<ts>." + body)>``
+where ``<ts>`` is ``X-Mailgate-Timestamp`` (Unix seconds) and body the exact bytes
+sent. The timestamp is signed, so a receiver that refuses old timestamps refuses
+replays: a captured delivery cannot be sent again under a fresh one.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ BACKOFF_START = 1.0
 BACKOFF_MAX = 300.0
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-Mailgate-Signature value for a body sent at ``timestamp``."""
+    message = timestamp.encode() + b"." + body
+    return "sha256=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 class WebhookSender:
@@ -87,13 +90,15 @@ class WebhookSender:
         attempt = 0
         while not self._stopping:
             attempt += 1
+            timestamp = str(int(time.time()))
             headers = {"Content-Type": "application/json",
                        "X-Mailgate-Event": event["type"],
                        "X-Mailgate-Event-Id": str(event["id"]),
-                       "X-Mailgate-Timestamp": str(int(time.time())),
-                       "X-Mailgate-Signature": sign(self.secret, body)}
-            try:
-                async with http.post(self.hook.url, data=body, headers=headers) as response:
+                       "X-Mailgate-Timestamp": timestamp,
+                       "X-Mailgate-Signature": sign(self.secret, timestamp, body)}
+            try:        # a redirect is not followed: the events go to the URL configured
+                async with http.post(self.hook.url, data=body, headers=headers,
+                                     allow_redirects=False) as response:
                     if 200 <= response.status < 300:
                         return
                     problem = f"HTTP {response.status}"

@@ -60,6 +60,9 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+# Copies one Message-ID lookup answers at most (GET /api/v1/emails?message_id=).
+MESSAGE_ID_COPIES = 100
+
 class SqliteStore:
     """Store protocol on SQLite. Open with :meth:`open`, close with :meth:`close`."""
 
@@ -399,11 +402,14 @@ class SqliteStore:
             trace=json.loads(row["trace"]), peer=row["peer"], helo=row["helo"],
             folder_path=row["folder_path"])
 
-    async def emails_by_message_id(self, message_id: str) -> list[EmailRecord]:
+    async def emails_by_message_id(self, message_id: str,
+                                   limit: int = MESSAGE_ID_COPIES) -> list[EmailRecord]:
+        """The copies with this Message-ID, oldest first, at most ``limit``: anyone can
+        send a thousand mails under one Message-ID, and one API call must stay cheap."""
         assert self._reader is not None
         async with self._reader.execute(
                 f"SELECT {self._EMAIL_COLUMNS} FROM emails e JOIN messages m ON m.id = e.message"
-                " WHERE e.message_id = ? ORDER BY e.id", (message_id,)) as cursor:
+                " WHERE e.message_id = ? ORDER BY e.id LIMIT ?", (message_id, limit)) as cursor:
             return [self._email(r) for r in await cursor.fetchall()]
 
     async def email(self, email_id: int) -> EmailRecord | None:

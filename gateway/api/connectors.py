@@ -36,6 +36,15 @@ MAX_ALIASES = 100
 SERVICES = presets.SERVICES
 DIRECTIONS = ("incoming", "outgoing", "both")
 CREDENTIALS = ("username", "password")
+# Where each stored secret is sent. An update that points one of these elsewhere must
+# give the secret again: otherwise anyone holding the admin token could re-point a
+# connector at a server of theirs and have the gateway log in there with it.
+SENT_TO = {"password": ("host", "port", "tls", "smtp_host", "smtp_port", "smtp_tls"),
+           # the secret goes to the authority, the access token it buys to graph_base_url
+           "client_secret": ("authority_host", "tenant_id", "application_id",
+                             "graph_base_url"),
+           "certificate_password": ("authority_host", "tenant_id", "application_id",
+                                    "graph_base_url")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -284,6 +293,15 @@ def _updated(old: ConnectorEntry, body: dict
         return old, api_error(422, "rule_violation", clash[1], clash[0])
     merged = dataclasses.replace(c, **_settings(body), protocol=protocol)
     merged = with_preset(_refill(c, merged, set(body)), body)
+    for secret, stored in (("password", old.password),
+                           *((name, old.secrets.get(name)) for name in SECRET_FIELDS)):
+        moved = [f for f in SENT_TO[secret]       # "" or 0: no server, nothing is sent
+                 if getattr(merged, f) != getattr(c, f) and getattr(merged, f)]
+        if stored and moved and secret not in body:
+            return old, api_error(
+                422, "rule_violation", f"R-C1: changing {', '.join(moved)} would send the "
+                f"stored {secret} to another server; give {secret} again in the same "
+                "request", secret)
     given = _credentials(body)
     new = ConnectorEntry(merged, given.get("username", old.username),
                          given.get("password", old.password),

@@ -243,6 +243,8 @@ def paths() -> dict:
                 "application/json": {"schema": obj({"ready": BOOL,
                                                     "checks": {"type": "object"}})}}}}}},
         f"{v1}/emails": {"get": {"parameters": [query("message_id", S, True)],
+                                 "description": "The copies with this Message-ID, oldest "
+                                 "first; at most 100.",
                                  "responses": answer(ref("EmailList"))}},
         f"{v1}/emails/{{id}}": {"get": {"parameters": [EMAIL_ID],
                                         "responses": answer(ref("Email"))}},

@@ -35,8 +35,8 @@ async def bearer_auth(request: web.Request,
     expected = request.app[GATEWAY].admin_token
     given = request.headers.get("Authorization", "")
     scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(),
-                                                                expected.encode()):
+    if not expected or scheme.lower() != "bearer" or \
+            not secrets.compare_digest(token.strip().encode(), expected.encode()):
         return api_error(401, "unauthorized",
                          "send the admin token as 'Authorization: Bearer <token>'",
                          headers={"WWW-Authenticate": 'Bearer realm="mailgate"'})

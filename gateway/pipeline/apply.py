@@ -19,6 +19,11 @@ from gateway.pipeline.context import Context, Verdict
 from gateway.pipeline.dedup import already_received, remember
 
 
+# R-B3: CC'd people an acknowledgement goes to (with ack_cc), at most. Anyone can write
+# thousands of addresses into a Cc line, and the ack would carry their Subject there.
+ACK_CC_MAX = 10
+
+
 class Apply:
     name = "apply"
 
@@ -118,6 +123,10 @@ class Apply:
             return
         own = ctx.directory.owner
         cc = [a for a in mail.cc_addresses if own(a) is None] if route.ack_cc else []
+        if len(cc) > ACK_CC_MAX:    # one inbound mail must not buy a mailing to thousands
+            ctx.note(f"{len(cc) - ACK_CC_MAX} more CC'd addresses get no acknowledgement: "
+                     f"at most {ACK_CC_MAX} (R-B3)")
+            cc = cc[:ACK_CC_MAX]
         recipients = []
         for address in dict.fromkeys([mail.from_address, *cc]):
             why = never_automated(address)

@@ -141,3 +141,22 @@ async def test_r_b3_past_its_reopen_budget_a_resolved_item_gets_the_mail_but_sta
     await age(tmp_path, "UPDATE reopens SET at = at - {seconds}", 86401)
     await reply(gw, ref)
     assert (await gw.workitem(ref)).state == "TO_DO"
+
+
+# -- acknowledgements to CC'd people ------------------------------------------------------
+
+async def test_r_b3_an_acknowledgement_goes_to_at_most_ten_ccd_people(start_gateway):
+    """Anyone can write thousands of addresses into Cc: with ``ack_cc`` the gateway would
+    mail its acknowledgement (carrying their Subject) to all of them."""
+    from gateway.config import BootstrapRoute
+    route = BootstrapRoute(connector="fr", email_address="fr@corp.test", fallback=True,
+                           send_automated_emails=True, ack_cc=True)
+    gw = await start_gateway(connectors=DEPARTMENTS, routes=[route])
+    ccs = [f"person{n}@elsewhere.test" for n in range(15)]
+    copy = await new_mail(gw, cc=tuple(ccs))
+
+    [ack] = await outgoing(gw, copy.targets[0]["ref"])
+    acked = [a.strip() for a in ack["Cc"].split(",")]
+    assert acked == ccs[:10] and ack["To"] == "carol@customer.test"
+    assert "5 more CC'd addresses get no acknowledgement: at most 10 (R-B3)" in \
+        copy.trace[-1]["reason"]

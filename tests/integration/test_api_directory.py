@@ -130,6 +130,25 @@ async def test_r_c1_password_is_stored_but_never_returned(http):
     assert status == 200 and body["password_set"] is False
 
 
+@pytest.mark.parametrize("change", [{"smtp_host": "mx.attacker.test"},
+                                    {"smtp_tls": "none"}])
+async def test_r_c1_re_pointing_a_connector_needs_its_password_again(http, change):
+    """The stored password goes where the connector points: moving it elsewhere without
+    giving the password again would hand it to whoever runs the new server."""
+    status, _ = await call(http, "POST", "/connectors", {
+        "name": "billing", "primary_address": "billing@other.test", "direction": "both",
+        "smtp_host": "smtp.other.test", "username": "bill", "password": SECRET})
+    assert status == 201
+    message = refused(*await call(http, "PATCH", "/connectors/billing", change),
+                      "R-C1", "password")
+    assert "would send the stored password to another server" in message
+    status, body = await call(http, "PATCH", "/connectors/billing",
+                              {**change, "password": SECRET})
+    assert status == 200, body
+    status, body = await call(http, "PATCH", "/connectors/billing", {"aliases": ["b@other.test"]})
+    assert status == 200, body                                # other changes need nothing
+
+
 @pytest.mark.parametrize("method,path", [("POST", "/connectors"),
                                          ("PATCH", "/connectors/support")])
 async def test_r_c1_password_longer_than_50_characters_is_refused(http, method, path):
@@ -359,17 +378,21 @@ async def test_r_c4_turning_certificate_checks_off_is_accepted_and_said(http):
 
 async def test_r_c1_a_new_service_refills_what_the_old_preset_filled(http):
     await create(http, "gmail_imap", **LOGIN, direction="both")
-    status, body = await call(http, "PATCH", "/connectors/desk", {"service": "o365_imap"})
+    again = {"password": LOGIN["password"]}         # moving servers: the password again
+    status, body = await call(http, "PATCH", "/connectors/desk",
+                              {"service": "o365_imap", **again})
     assert status == 200, body
     assert (body["host"], body["port"], body["smtp_host"]) == \
         ("outlook.office365.com", 993, "smtp.office365.com")
-    status, body = await call(http, "PATCH", "/connectors/desk", {"tls": "starttls"})
+    status, body = await call(http, "PATCH", "/connectors/desk", {"tls": "starttls", **again})
     assert (body["tls"], body["port"]) == ("starttls", 143)        # the port follows tls
     status, body = await call(http, "PATCH", "/connectors/desk",
-                              {"service": "other", "host": "imap.corp.test", "port": 1143})
+                              {"service": "other", "host": "imap.corp.test", "port": 1143,
+                               **again})
     assert status == 200 and body["protocol"] == "imap", body      # 'other' keeps imap
     assert (body["host"], body["port"]) == ("imap.corp.test", 1143)
-    status, body = await call(http, "PATCH", "/connectors/desk", {"service": "gmail_imap"})
+    status, body = await call(http, "PATCH", "/connectors/desk",
+                              {"service": "gmail_imap", **again})
     assert (body["host"], body["port"]) == ("imap.corp.test", 1143)   # the admin's stay
     refused(*await call(http, "PATCH", "/connectors/desk", {"protocol": "pop3"}),
             "R-C1", "protocol")

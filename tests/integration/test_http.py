@@ -157,3 +157,29 @@ async def test_r_c1_invalid_connector_is_refused_naming_the_field(http, body, fi
         error = (await r.json())["error"]
     assert r.status in (409, 422) and error["field"] == field
     assert "R-C1" in error["message"] or r.status == 422
+
+
+async def test_an_empty_admin_token_file_stops_the_start_instead_of_opening_the_api(tmp_path):
+    from gateway.app import Gateway
+    from tests.conftest import make_settings
+    (tmp_path / "mailgate.admin-token").write_text("\n")
+    gw = Gateway(make_settings(tmp_path, http={"admin_token": ""}))
+    with pytest.raises(RuntimeError, match="mailgate.admin-token is empty: delete it"):
+        await gw.start()
+    await gw.stop()
+
+
+async def test_a_generated_admin_token_file_is_private_and_whole(tmp_path):
+    import stat
+
+    from gateway.app import Gateway
+    from tests.conftest import make_settings
+    gw = Gateway(make_settings(tmp_path, http={"admin_token": ""}))
+    await gw.start()
+    try:
+        path = tmp_path / "mailgate.admin-token"
+        assert path.read_text().strip() == gw.admin_token and len(gw.admin_token) >= 40
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert [p.name for p in tmp_path.iterdir() if "admin-token" in p.name] == [path.name]
+    finally:
+        await gw.stop()

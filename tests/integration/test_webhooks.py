@@ -22,7 +22,8 @@ async def test_webhook_receiver_verifies_signatures_and_gets_events_in_order(sta
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.read()
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        signed = request.headers["X-Mailgate-Timestamp"].encode() + b"." + body
+        expected = "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
         assert hmac.compare_digest(request.headers["X-Mailgate-Signature"], expected)
         attempts["n"] += 1
         if attempts["n"] == 1:
