@@ -132,10 +132,8 @@ def classify_into(ctx: Context, mail: Mail) -> None:
     """R-B4: the class (and, for a bounce, the mail that bounced) onto the context and
     into the trace, and whether a list rule fired (list mail is never acknowledged,
     whatever its class). Needs ``ctx.autogen_rule`` decided first."""
-    classifier = ctx.settings.classifier
-    klass, rule = classifier.classify(mail, ctx.autogen_rule)
+    klass, rule, listed = ctx.settings.classifier.classify(mail, ctx.autogen_rule)
     ctx.mail_class = klass
-    listed = rule if klass == "list" else classifier.list_rule(mail)
     ctx.list_rule = listed.name if listed else None
     if klass is not None:
         ctx.note(f"class {klass} (rule {rule.name}, {rule.origin})" if rule

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
+from typing import NamedTuple
 from importlib import resources
 from pathlib import Path
 
@@ -66,31 +67,38 @@ class ClassRule:
                    for local in self.from_local)
 
 
+class Classification(NamedTuple):
+    klass: str | None                    # auto_reply, bounce, list, notification, or None
+    rule: ClassRule | None               # the rule that gave it (None: no rule)
+    list_rule: ClassRule | None          # a list rule that fired: never acknowledged
+
+
 @dataclass(frozen=True)
 class Classifier:
     version: int
     rules: tuple[ClassRule, ...]
 
-    def classify(self, mail: Mail,
-                 autogen_rule: str | None) -> tuple[str | None, ClassRule | None]:
-        """(class, the rule that gave it): the first rule that fires; auto-generated mail
-        that none classes is a ``notification``; other mail without a rule, (None, None)."""
+    def classify(self, mail: Mail, autogen_rule: str | None) -> Classification:
+        """One pass over the rules: the first that fires gives the class (auto-generated
+        mail that none classes is a ``notification``); the first ``list`` rule that
+        fires says it is list mail, whatever its class, since list mail is never
+        acknowledged even when an earlier rule (a bounce header, an admin's own rule)
+        gave it another class. Once a class is found only list rules are still tried."""
+        first = listed = None
         for rule in self.rules:
+            if first is not None and rule.klass != "list":
+                continue
             if rule.fires(mail):
-                return rule.klass, rule
-        if autogen_rule is not None:
-            return "notification", None
-        return None, None
-
-    def list_rule(self, mail: Mail) -> ClassRule | None:
-        """The first ``list`` rule that fires, whatever class the mail got: list mail is
-        never acknowledged, even when an earlier rule (a bounce header, an admin's own
-        rule) gave it another class."""
-        return next((r for r in self.rules if r.klass == "list" and r.fires(mail)), None)
+                first = first or rule
+                if rule.klass == "list":
+                    listed = rule
+                    break
+        klass = first.klass if first else ("notification" if autogen_rule else None)
+        return Classification(klass, first, listed)
 
     def before(self, shipped: Classifier) -> Classifier:
         """An admin's rules tried first, then the shipped ones (so the shipped list rules
-        keep protecting lists from acknowledgements, see :meth:`list_rule`)."""
+        keep protecting lists from acknowledgements, see :meth:`classify`)."""
         return Classifier(self.version, self.rules + shipped.rules)
 
 
