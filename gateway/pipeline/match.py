@@ -129,7 +129,7 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
     for message_id in replied:
         gateway_id = pattern.fullmatch(message_id)
         item = txn.workitem_by_uuid(gateway_id.group(2)) if gateway_id else None
-        if item and _signed(ctx, item, gateway_id.group(3), "Message-ID"):
+        if item and _signed_any(ctx, item, [gateway_id.group(3)], "Message-ID"):
             found.append((MatchHit(item.ref, "gateway_message_id"), item))
     chain = [("bounce_of" if m == ctx.bounce_of else "in_reply_to", m) for m in replied]
     chain += [("references", m) for m in reversed(mail.references)]
@@ -164,11 +164,6 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
         ctx.note(f"ref {ref} not used: {why} (R-B2)")
     ctx._match_candidates = found
     return found
-
-
-def _signed(ctx: Context, item: WorkItem, signature: str | None, where: str) -> bool:
-    """R-B1: may this token (the item's uuid, signed or not) place the mail? Traced if not."""
-    return _signed_any(ctx, item, [signature], where)
 
 
 def _signed_any(ctx: Context, item: WorkItem, signatures: list[str | None],

@@ -42,13 +42,19 @@ async def deliver(gw, message: EmailMessage, rcpts=None, *, sender="carol@custom
     if rcpts is None:
         rcpts = [a.strip() for field in ("To", "Cc") for a in (message.get(field) or "").split(",")
                  if a.strip() and gw.directory.owner(a.strip())]
+    await deliver_raw(gw, message.as_bytes(policy=WIRE), rcpts, sender=sender)
+    return await gw.store.emails_by_message_id(message["Message-ID"])
+
+
+async def deliver_raw(gw, raw: bytes, rcpts, *, sender: str = "") -> None:
+    """LMTP-deliver ``raw`` exactly as given (a bounce, the gateway's own mail coming
+    back); every recipient must get 250; then let the pipeline finish."""
     client = await WireClient.connect(gw.listeners["lmtp"].port)
     await client.command("LHLO e2e")
-    _, replies = await client.transaction(sender, list(rcpts), message.as_bytes(policy=WIRE))
+    _, replies = await client.transaction(sender, list(rcpts), raw)
     await client.close()
     assert all(r.code == 250 for r in replies), replies
     await gw.pipeline.drain()
-    return await gw.store.emails_by_message_id(message["Message-ID"])
 
 
 def only(copies, connector: str):

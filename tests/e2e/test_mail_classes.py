@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.helpers import ACKING_FALLBACKS, DEPARTMENTS, deliver, mail, outgoing
-from tests.wire import WireClient
+from tests.e2e.helpers import ACKING_FALLBACKS, DEPARTMENTS, deliver, deliver_raw, mail, outgoing
 
 
 @pytest.fixture
@@ -35,13 +34,9 @@ def headers_only_dsn(original: bytes, *, message_id: str) -> bytes:
             b"\r\n--b--\r\n")
 
 
-async def deliver_raw(gw, raw: bytes, message_id: str):
-    client = await WireClient.connect(gw.listeners["lmtp"].port)
-    await client.command("LHLO e2e")
-    _, replies = await client.transaction("", ["fr@corp.test"], raw)
-    await client.close()
-    assert all(r.code == 250 for r in replies), replies
-    await gw.pipeline.drain()
+async def deliver_dsn(gw, raw: bytes, message_id: str):
+    """A bounce reaches the connector from the null sender, as MTAs send them."""
+    await deliver_raw(gw, raw, ["fr@corp.test"], sender="")
     [copy] = await gw.store.emails_by_message_id(message_id)
     return copy
 
@@ -62,7 +57,7 @@ async def test_r_b4_the_bounce_of_an_agents_mail_lands_on_its_work_item(gw):
                                                subject="Which floor?", body="Which printer?")
     dsn = headers_only_dsn(await gw.store.raw(email_id), message_id="<dsn-1@relay.customer.test>")
 
-    copy = await deliver_raw(gw, dsn, "<dsn-1@relay.customer.test>")
+    copy = await deliver_dsn(gw, dsn, "<dsn-1@relay.customer.test>")
 
     assert copy.targets == [{"ref": ref, "action": "appended"}]      # not a new ticket
     autogen, match = copy.trace[2]["reason"], copy.trace[4]["reason"]
@@ -78,7 +73,7 @@ async def test_r_b4_r_a3_the_bounce_of_an_acknowledgement_is_ignored(gw):
     email_id = (await gw.store.emails_by_message_id(ack["Message-ID"]))[0].id
     dsn = headers_only_dsn(await gw.store.raw(email_id), message_id="<dsn-2@relay.customer.test>")
 
-    copy = await deliver_raw(gw, dsn, "<dsn-2@relay.customer.test>")
+    copy = await deliver_dsn(gw, dsn, "<dsn-2@relay.customer.test>")
 
     assert (copy.outcome, copy.reason) == ("ignored", "auto_reply_to_automated")
     assert copy.id not in await gw.ops.workitem_emails(ref)       # not appended

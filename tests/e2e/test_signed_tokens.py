@@ -73,17 +73,10 @@ async def test_r_b1_guessed_or_forged_tokens_are_ignored_and_traced(start_gatewa
 
 
 async def test_r_b1_the_gateways_signed_mail_coming_back_is_its_own(start_gateway):
-    from email import policy
-
-    from tests.e2e.helpers import WIRE
-    from tests.wire import WireClient
+    from tests.e2e.helpers import WIRE, deliver_raw
     gw = await signing_gateway(start_gateway)
     ref, ack = await first_ticket(gw)
-    client = await WireClient.connect(gw.listeners["lmtp"].port)
-    await client.command("LHLO x")
-    await client.transaction("fr@corp.test", ["fr@corp.test"], ack.as_bytes(policy=WIRE))
-    await client.close()
-    await gw.pipeline.drain()
+    await deliver_raw(gw, ack.as_bytes(policy=WIRE), ["fr@corp.test"], sender="fr@corp.test")
     echo = [c for c in await gw.store.emails_by_message_id(ack["Message-ID"])
             if c.direction == "incoming"]
     assert [c.outcome for c in echo] == ["own_mail"]                  # R-S1

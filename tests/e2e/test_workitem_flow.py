@@ -174,13 +174,8 @@ async def test_r_a3_r_e5_out_of_office_reply_to_an_agent_mail_is_appended(gw):
 async def test_r_s1_the_gateway_s_own_mail_coming_back_is_own_mail(gw):
     ref = await new_ticket(gw)
     [ack] = await outgoing(gw, ref)
-    from tests.e2e.helpers import WIRE
-    from tests.wire import WireClient
-    client = await WireClient.connect(gw.listeners["lmtp"].port)
-    await client.command("LHLO x")
-    await client.transaction("fr@corp.test", ["fr@corp.test"], ack.as_bytes(policy=WIRE))
-    await client.close()
-    await gw.pipeline.drain()
+    from tests.e2e.helpers import WIRE, deliver_raw
+    await deliver_raw(gw, ack.as_bytes(policy=WIRE), ["fr@corp.test"], sender="fr@corp.test")
     copies = [c for c in await gw.store.emails_by_message_id(ack["Message-ID"])
               if c.direction == "incoming"]
     assert [(c.outcome, c.reason) for c in copies] == [("own_mail", "sent_by_gateway")]
@@ -307,17 +302,12 @@ async def test_r_s1_agent_mail_fed_back_is_own_mail_and_the_reply_appends_by_rul
     from email import message_from_bytes
     from email import policy as email_policy
 
-    from tests.e2e.helpers import WIRE
-    from tests.wire import WireClient
+    from tests.e2e.helpers import WIRE, deliver_raw
     ref = await new_ticket(gw)
     email_id, message_id = await gw.send_email(ref, to=["carol@customer.test"],
                                                subject="Question", body="Which printer?")
     sent = message_from_bytes(await gw.store.raw(email_id), policy=email_policy.default)
-    client = await WireClient.connect(gw.listeners["lmtp"].port)
-    await client.command("LHLO x")
-    await client.transaction("fr@corp.test", ["fr@corp.test"], sent.as_bytes(policy=WIRE))
-    await client.close()
-    await gw.pipeline.drain()
+    await deliver_raw(gw, sent.as_bytes(policy=WIRE), ["fr@corp.test"], sender="fr@corp.test")
     [echo] = [c for c in await gw.store.emails_by_message_id(message_id)
               if c.direction == "incoming"]
     assert echo.outcome == "own_mail"
