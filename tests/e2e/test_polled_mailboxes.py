@@ -171,7 +171,7 @@ async def test_r_i4_with_idle_off_new_mail_waits_for_the_interval(start_gateway,
     user = dovecot.new_user("noidle")
     gw = await polled_gateway(start_gateway, dovecot, user, idle=False)
     poller = gw.pollers.get("mbox")
-    while poller.status.rounds == 0:
+    while poller.status.next_poll_at is None:   # the first round has ended, not just begun
         await asyncio.sleep(0.05)
     message = mail(to=(user,), subject="Anyone?")
     await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
