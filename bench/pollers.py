@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO))
 from gateway.app import Gateway  # noqa: E402
 from gateway.config import (DirectorySection, HttpSection, LmtpSection, Settings,  # noqa: E402
                             SmtpSection, StorageSection)
-from gateway.poller import BATCH, REMOVE_BATCH  # noqa: E402
+from gateway.polling.poller import BATCH, REMOVE_BATCH  # noqa: E402
 from tests.dovecot import DovecotInstance  # noqa: E402
 
 GOAL = 0.50
@@ -191,10 +191,8 @@ async def mailgate_drain(dovecot: DovecotInstance, user: str, protocol: str, tls
         if pipeline:
             await gw.pipeline.drain(600)
         processed = time.perf_counter() - started
-        rows = await gw.store.read(lambda db: db.execute_fetchall(
-            "SELECT (SELECT COUNT(*) FROM emails WHERE direction = 'incoming'),"
-            " (SELECT COUNT(*) FROM work_items)"))
-        emails, items = rows[0]
+        emails = await gw.store.count_emails()          # all incoming: no acks in this run
+        items = len(await gw.workitems.workitems(limit=1 << 30))
     finally:
         await gw.stop()
     left = await asyncio.to_thread(dovecot.count, user)

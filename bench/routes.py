@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.model import Connector, Route, RouteRules  # noqa: E402
-from gateway.routes import RouteIndex, RoutingFacts, choose_routes  # noqa: E402
+from gateway.directory.routing import RouteIndex, RoutingFacts, choose_routes  # noqa: E402
 
 PRIMARY = "support@example.test"
 SIZES = (10, 1_000, 100_000)

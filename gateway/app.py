@@ -17,75 +17,56 @@ import dataclasses
 import logging
 import os
 import secrets
-import ssl
 import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.config import BootstrapRoute, Settings, parse_listen
-from gateway.directory import AddressBook, Directory
-from gateway.delivery import Delivery
-from gateway.events import EventDispatcher
-from gateway.webhooks import WebhookSender
+from gateway.api.server import build_app
+from gateway.bootstrap import seed_directory
+from gateway.config import Settings, parse_listen
+from gateway.directory.addresses import AddressBook
+from gateway.directory.ops import FALLBACK, DirectoryOps
+from gateway.directory.snapshot import Directory
+from gateway.events.dispatcher import EventDispatcher
+from gateway.events.webhooks import WebhookSender
 from gateway.intake import Intake
-from gateway.model import Connector, Route, RouteRules, RouteTarget, WorkItem
-from gateway.operations import Operations
+from gateway.listeners import Listener, listen
+from gateway.model import Connector, ConnectorEntry, Route, WorkItem
+from gateway.outbound.delivery import Delivery
+from gateway.outbound.dkim import DkimSigner
 from gateway.pipeline.classify import CLASSIFIER, read_classifier
 from gateway.pipeline.context import PipelineSettings
 from gateway.pipeline.runner import Runner
+from gateway.polling.supervisor import Pollers
 from gateway.tokens import Tokens
-from gateway.pollers import Pollers
-from gateway.protocols.data import DataLimits
-from gateway.protocols.lmtp import LmtpSession
-from gateway.protocols.session import GatewayHandler, SessionStats
-from gateway.protocols.smtp import SmtpSession
+from gateway.version import VERSION
+from gateway.workitems.ops import WorkItemOps
 from metrics import Metrics
-from storage import directory_sql
-from storage.sqlite import SqliteStore
-from storage.txn import Txn
+from storage.base import open_store
 
 log = logging.getLogger("mailgate")
 
-VERSION = "0.1.0"
-DEMO_CONNECTOR = Connector(name="support", service="lmtp", primary_address="support@example.test")
+HOST = "host"       # R-C5's actor for a change a host makes through the Python API
 
 
 class StartupError(Exception):
     """A setting that cannot work with the directory as it is; the process must not start."""
 
 
-class Listener:
-    """One asyncio server of LMTP or SMTP sessions, with what a drain needs."""
-
-    def __init__(self, protocol: str, server: asyncio.AbstractServer, stats: SessionStats):
-        self.protocol = protocol
-        self.server = server
-        self.stats = stats
-
-    @property
-    def port(self) -> int:
-        return self.server.sockets[0].getsockname()[1]
-
-
 class Gateway:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = Metrics(VERSION)
-        path = settings.sqlite_path
-        assert path is not None, "config validation admits only sqlite URLs"
-        self.store = SqliteStore(path, batch_max=settings.storage.commit_batch_max,
-                                 on_commit=self.metrics.observe_commit,
-                                 on_write=self._wake_events)
+        self.store = open_store(settings.storage.url, batch_max=settings.storage.commit_batch_max,
+                                on_commit=self.metrics.observe_commit,
+                                on_write=self._wake_events)
         self.events = EventDispatcher(self.store)
         self.webhooks = [WebhookSender(self.store, hook) for hook in settings.webhooks]
         self.delivery: Delivery | None = None
         if settings.outbound.enabled:
-            signer = None
-            if settings.outbound.dkim:
-                from gateway.dkim_signing import DkimSigner
-                signer = DkimSigner(settings.outbound.dkim).sign
+            signer = DkimSigner(settings.outbound.dkim).sign if settings.outbound.dkim else None
             self.delivery = Delivery(self.store, settings.outbound, signer=signer,
                                      on_result=self.metrics.observe_outbound)
         for sender in self.webhooks:
@@ -112,7 +93,9 @@ class Gateway:
                         if settings.autogen.classes_file else CLASSIFIER))
         self.pipeline = Runner(self.store, lambda: self.directory, lambda: self.pipeline_settings,
                                observer=self.metrics.pipeline_observer())
-        self.ops = Operations(self.store, self.reload_directory)
+        self.workitems = WorkItemOps(self.store)
+        # Connectors, routes and contacts with every check and history line (R-C*, R-R*)
+        self.directory_ops = DirectoryOps(self.store, self.reload_directory)
         self.pollers = Pollers(self.store, self.intake.accept_polled,
                                observe=self.metrics.observe_poll,
                                forget=self.metrics.forget_poller,
@@ -134,7 +117,7 @@ class Gateway:
         await self.events.start()
         for sender in self.webhooks:
             await sender.start()
-        await self._bootstrap_directory()
+        await seed_directory(self.directory_ops, s)
         await self.reload_directory()
         self._check_unmonitored_address()
         self.pipeline.start()
@@ -142,11 +125,12 @@ class Gateway:
             self.delivery.start()
         self.pollers.started = True
         await self._sync_pollers()
-        if s.lmtp.enabled:
-            self.listeners["lmtp"] = await self._listen("lmtp", LmtpSession, s.lmtp, None)
-        if s.smtp.enabled:
-            self.listeners["smtp"] = await self._listen("smtp", SmtpSession, s.smtp,
-                                                        self._smtp_tls())
+        for protocol in ("lmtp", "smtp"):
+            section = getattr(s, protocol)
+            if section.enabled:
+                self.listeners[protocol] = await listen(protocol, section, self.intake,
+                                                        self.metrics,
+                                                        server_name=s.gateway.server_name)
         if s.http.enabled:
             await self._start_http()
         self.metrics.ready.set(1)
@@ -175,107 +159,28 @@ class Gateway:
     async def close_offline(self) -> None:
         await self.store.close()
 
-    async def _bootstrap_directory(self) -> None:
-        """Seed connectors (each with its fallback route) and routes from the config file,
-        or the demo connector without one, into an EMPTY directory only: once the store has
-        a directory it is the source of truth (the API and ``directory import`` change it,
-        and a restart must not bring back what they removed)."""
-        if await self.store.connectors():
-            return
-        seeds = [seed.entry() for seed in self.settings.directory.connectors]
-        demo = not seeds and self.settings.source == "<embedded default>"
-        if demo:
-            seeds = [(DEMO_CONNECTOR, None, None, {})]
-        for connector, username, password, login_secrets in seeds:
-            own_fallback = any(r.fallback and r.connector == connector.name
-                               for r in self.settings.directory.routes)
-            await self.ops.add_connector(connector, send_automated_emails=demo,
-                                         with_fallback=not own_fallback, username=username,
-                                         password=password, secrets=login_secrets)
-            log.info("directory: created connector %r <%s> from %s", connector.name,
-                     connector.primary_address, self.settings.source)
-            for seed in self.settings.directory.routes:
-                if seed.connector == connector.name:
-                    await self.ops.add_route(_route_from_seed(seed))
-
     async def reload_directory(self) -> None:
         """Rebuild the snapshot intake and the pipeline read (after any directory change)."""
-        async def load(db) -> Directory:
-            txn = Txn(db)
-            return Directory(await self.store.connectors(), await txn.routes(),
-                             await txn.contacts())
-        self.directory = await self.store.read(load)
+        self.directory = await self.directory_ops.snapshot()
         if self.pollers.started:
             await self._sync_pollers()
 
     async def _sync_pollers(self) -> None:
         """Pollers follow the directory: started, restarted or stopped per connector."""
-        await self.pollers.sync(lambda: self.store.read(directory_sql.connectors))
+        await self.pollers.sync(self.directory_ops.connectors)
 
     @property
     def addresses(self) -> AddressBook:
         return self.directory.book
 
-    async def _listen(self, protocol: str, session_cls: type, section, tls) -> Listener:
-        host, port = parse_listen(section.listen)
-        limits = DataLimits(section.max_message_size, section.max_line_length,
-                            section.max_header_count)
-        gauge = self.metrics.sessions_active.labels(protocol)
-        stats = SessionStats(on_change=gauge.set)
-        replies = {c: self.metrics.replies.labels(protocol, c) for c in "245"}
-
-        def count_reply(cls: str) -> None:
-            counter = replies.get(cls)
-            if counter is not None:
-                counter.inc()
-
-        handler = GatewayHandler(self.intake, max_recipients=section.max_recipients,
-                                 on_reply=count_reply)
-        extra = {}
-        if protocol == "smtp":
-            extra = self._smtp_options(tls)
-
-        def factory() -> asyncio.Protocol:
-            return session_cls(handler, limits=limits, stats=stats,
-                               hostname=self.settings.gateway.server_name,
-                               ident=f"mailgate {VERSION}", timeout=section.timeout, **extra)
-
-        server = await asyncio.get_running_loop().create_server(factory, host, port,
-                                                                reuse_address=True)
-        return Listener(protocol, server, stats)
-
-    def _smtp_tls(self) -> ssl.SSLContext | None:
-        s = self.settings.smtp
-        if not s.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(s.tls_cert, s.tls_key)
-        return context
-
-    def _smtp_options(self, tls: ssl.SSLContext | None) -> dict:
-        s = self.settings.smtp
-        options: dict = {"tls_context": tls, "require_starttls": s.require_starttls}
-        if s.auth_username:
-            expected_user = s.auth_username.encode()
-            expected_password = s.auth_password.encode()
-
-            def check(mechanism: str, login: bytes, password: bytes) -> bool:
-                return (secrets.compare_digest(login, expected_user)
-                        and secrets.compare_digest(password, expected_password))
-
-            options.update(auth_required=True, auth_require_tls=True, auth_callback=check)
-        return options
-
     async def _start_http(self) -> None:
-        from gateway.api.server import build_app
-
         self.admin_token = self._admin_token()
         host, port = parse_listen(self.settings.http.listen)
         self.http_runner = web.AppRunner(build_app(self), access_log=None)
         await self.http_runner.setup()
         site = web.TCPSite(self.http_runner, host, port, reuse_address=True)
         await site.start()
-        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.http_port = self.http_runner.addresses[0][1]
 
     def _admin_token(self) -> str:
         """The configured token, or one generated into a 0600 file beside the database."""
@@ -327,58 +232,51 @@ class Gateway:
                      host, self.listeners["lmtp"].port, first.primary_address,
                      f"http://{parse_listen(s.http.listen)[0]}:{self.http_port}")
 
-    # -- run and stop ------------------------------------------------------------------
-
     # -- host operations (SPEC §5.4): the same as the HTTP API ------------------------------
 
     async def create_workitem(self, **fields) -> WorkItem:
-        return await self.ops.create_workitem(**fields)
+        return await self.workitems.create_workitem(**fields)
 
     async def workitem(self, ref: str) -> WorkItem | None:
-        return await self.ops.workitem(ref)
+        return await self.workitems.workitem(ref)
 
     async def transition(self, ref: str, state: str, wait_type: str | None = None):
-        return await self.ops.transition(ref, state, wait_type)
+        return await self.workitems.transition(ref, state, wait_type)
 
     async def split(self, ref: str, children: int):
-        return await self.ops.split(ref, children)
+        return await self.workitems.split(ref, children)
 
     async def merge(self, refs: list[str], into: str):
-        return await self.ops.merge(refs, into)
+        return await self.workitems.merge(refs, into)
 
     async def convert(self, ref: str):
-        return await self.ops.convert(ref)
+        return await self.workitems.convert(ref)
 
     async def link(self, ref: str, other: str):
-        return await self.ops.link(ref, other)
+        return await self.workitems.link(ref, other)
 
     async def set_parent(self, ref: str, parent: str | None):
-        return await self.ops.set_parent(ref, parent)
+        return await self.workitems.set_parent(ref, parent)
 
     async def send_email(self, ref: str, **fields) -> tuple[int, str]:
-        return await self.ops.send_email(ref, settings=self.pipeline_settings,
-                                         directory=self.directory, **fields)
+        return await self.workitems.send_email(ref, settings=self.pipeline_settings,
+                                               directory=self.directory, **fields)
 
-    @property
-    def directory_ops(self):
-        """Connectors and contacts with every check and history line of the HTTP API (R-C*)."""
-        from gateway.directory_ops import DirectoryOps
-        return DirectoryOps(self.ops)
-
-    @property
-    def route_ops(self):
-        """Routes with every check and history line of the HTTP API (R-R4..R-R7, R-C5)."""
-        from gateway.route_ops import RouteOps
-        return RouteOps(self.ops)
-
-    async def add_connector(self, connector: Connector, **options):
-        return await self.ops.add_connector(connector, **options)
+    async def add_connector(self, connector: Connector, *, username: str | None = None,
+                            password: str | None = None, secrets: dict | None = None,
+                            fallback: Route = FALLBACK) -> ConnectorEntry:
+        """R-C1: a connector with its fallback route (``fallback`` says what that route is
+        like), checked and recorded as through the API, with the actor ``host``."""
+        entry = ConnectorEntry(connector, username, password, dict(secrets or {}))
+        return await self.directory_ops.create_connector(entry, HOST, fallback=fallback)
 
     async def add_route(self, route: Route) -> Route:
-        return await self.ops.add_route(route)
+        """R-R1..R-R7: a route at the end of its band, as through the API (actor ``host``)."""
+        created, _ = await self.directory_ops.create_route(route, HOST)
+        return created
 
     async def add_contact(self, pattern: str, company: str) -> None:
-        await self.ops.add_contact(pattern, company)
+        await self.directory_ops.save_contact(pattern, company)
 
     async def explain(self, raw: bytes, connector: str, **options):
         return await self.pipeline.explain(raw, connector, **options)
@@ -492,20 +390,3 @@ class Gateway:
             self.metrics.draining.set(0)
             log.info("stopped after draining for %.2fs", time.monotonic() - started)
             self._stopped.set()
-
-
-def _route_from_seed(seed: BootstrapRoute) -> Route:
-    rules = RouteRules(important=True if seed.important else None,
-                       attachment_types=seed.attachment_types,
-                       subject_keywords=seed.subject_keywords,
-                       sender_companies=seed.sender_companies,
-                       sender_list_includes=seed.sender_list_includes,
-                       recipient_list_includes=seed.recipient_list_includes)
-    target = RouteTarget(kind=seed.kind, process=seed.process, customer=seed.customer,
-                         contract=seed.contract, service=seed.service,
-                         ticket_category=seed.ticket_category)
-    return Route(id=0, name=seed.name or seed.email_address, connector=seed.connector,
-                 email_address=seed.email_address, order=0, folder_path=seed.folder_path,
-                 rules=rules, target=target, send_automated_emails=seed.send_automated_emails,
-                 ack_cc=seed.ack_cc, test_mode=seed.test_mode, enabled=seed.enabled,
-                 fallback=seed.fallback)

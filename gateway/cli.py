@@ -11,10 +11,10 @@ import getpass
 import logging
 import os
 import signal
-import sqlite3
 import sys
 
 from gateway.config import ConfigError, Settings, load
+from storage.base import StoreError
 
 log = logging.getLogger("mailgate")
 
@@ -157,16 +157,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 async def _directory(settings: Settings, action: str, text: str, path: str) -> list[str]:
     """Export to ``path`` (``-``: stdout), or import ``text``; the import's problems."""
-    from gateway import directory_io
     from gateway.app import Gateway
+    from gateway.directory import transfer
 
     gateway = Gateway(settings)
     await gateway.open_offline()
     try:
         if action == "import":
-            return await directory_io.import_directory(gateway.store, text, path,
-                                                       actor=_cli_actor())
-        text = await directory_io.export_directory(gateway.store)
+            return await transfer.import_directory(gateway.directory_ops, text, path,
+                                                   actor=_cli_actor())
+        text = await transfer.export_directory(gateway.directory_ops)
     finally:
         await gateway.close_offline()
     if path == "-":
@@ -190,7 +190,7 @@ def _cli_actor() -> str:
 def cmd_directory(args: argparse.Namespace) -> int:
     """``directory export FILE`` / ``directory import FILE`` (``-``: stdout / stdin).
     A file with problems is refused before the store is even opened."""
-    from gateway.directory_file import check_directory
+    from gateway.directory.file import check_directory
 
     settings = _load(args.config)
     if settings is None:
@@ -213,7 +213,7 @@ def cmd_directory(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    except sqlite3.Error as exc:
+    except StoreError as exc:
         print(f"{settings.sqlite_path}: cannot use the database: {exc}", file=sys.stderr)
         return 1
     if problems:

@@ -1,6 +1,7 @@
 """Intake: turn one received transaction into journaled copies, one per connector.
 
-DESIGN step 1. Pushed mail (LMTP, SMTP) arrives as one message for a list of
+DESIGN step 1, and the only door into the journal, for pushed and polled mail
+alike. Pushed mail (LMTP, SMTP) arrives as one message for a list of
 envelope recipients; each recipient belongs to a connector, and each receiving
 connector gets its own copy (R-I7, SPEC §3 "one copy per receiving connector").
 Intake answers per recipient: accepted only when its connector's copy is
@@ -17,9 +18,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from gateway.directory import AddressBook
+from gateway.directory.addresses import AddressBook
 from gateway.model import Copy
-from storage.sqlite import SqliteStore, StoreError
+from storage.base import Store, StoreError
 
 log = logging.getLogger("mailgate.intake")
 
@@ -59,7 +60,7 @@ class RecipientResult:
 class Intake:
     """Journals pushed mail; the protocols only speak the wire."""
 
-    def __init__(self, store: SqliteStore, addresses: Callable[[], AddressBook],
+    def __init__(self, store: Store, addresses: Callable[[], AddressBook],
                  on_received: Callable[[str, str, int], None] | None = None,
                  on_journaled: Callable[[], None] | None = None):
         self.store = store
@@ -106,13 +107,17 @@ class Intake:
                 results.append(RecipientResult(rcpt, None, error or "not stored"))
         return results
 
-    async def accept_polled(self, copies: list[Copy]) -> list[int]:
-        """Journal copies a poller fetched (R-I4); their ids once durably committed.
+    async def accept_polled(self, connector: str, source: str, folder: str,
+                            fetched: list[tuple[str, bytes]]) -> list[int]:
+        """Journal what a poller fetched from ``folder`` (R-I4): ``(key, raw)`` pairs, the
+        key as the poll ledger stores it. Their ids once durably committed, keys included.
 
         Raises StoreError when the commit failed: the poller then leaves the
         messages on the server and tries again next round.
         """
-        return await self._journal(copies)
+        return await self._journal([
+            Copy(raw=raw, connector=connector, source=source, message_id=scan_message_id(raw),
+                 folder_path=folder, poll_key=key) for key, raw in fetched])
 
     async def _journal(self, copies: list[Copy]) -> list[int]:
         """Commit ``copies``; once committed, wake the pipeline and count them."""

@@ -1,4 +1,5 @@
-"""Plain data the parts of mailgate hand each other. No behaviour, no I/O."""
+"""Plain data the parts of mailgate hand each other, and the error that names a broken rule.
+No behaviour, no I/O."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -98,6 +99,32 @@ POLL_FIELDS = ("host", "port", "tls", "folders", "poll_interval", "shared_mailbo
                "start_from", "idle", "move_to")
 # Secrets a polled connector may carry besides the password (never logged or listed).
 SECRET_FIELDS = ("client_secret", "certificate_password")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorEntry:
+    """A connector with its credentials, as the directory keeps it (R-C1). The password
+    and the other secrets (``client_secret``, ``certificate_password``) leave the API
+    only as ``*_set`` flags, and the history only masked."""
+    connector: Connector
+    username: str | None = None
+    password: str | None = None
+    secrets: dict = field(default_factory=dict)
+
+    def secret(self, name: str) -> str | None:
+        return self.secrets.get(name) or None
+
+
+class RuleViolation(ValueError):
+    """A request that breaks a numbered rule; the API answers 4xx naming ``rule``."""
+
+    def __init__(self, rule: str, message: str, field: str | None = None):
+        super().__init__(f"{rule}: {message}")
+        self.rule, self.message, self.field = rule, message, field
+
+
+class Conflict(RuleViolation):
+    """The change clashes with something that exists (a name, an address): HTTP 409."""
 
 
 @dataclass(slots=True)

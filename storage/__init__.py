@@ -1,5 +1,6 @@
-"""Persistence: the Store protocol's implementations and their migrations.
+"""Persistence: the Store protocol (``base``) and its backends (``sqlite``).
 
-SQL lives here and nowhere else. ``sqlite.SqliteStore`` is the embedded
-default; migrations are numbered files in ``migrations/`` applied at start.
+SQL lives here and nowhere else; so does every database driver. The rest of
+mailgate speaks to ``storage.base`` only, and ``base.open_store(url)`` picks the
+backend.
 """

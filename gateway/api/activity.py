@@ -12,7 +12,6 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from gateway.api.errors import api_error
-from storage import directory_sql
 
 MAX_LIMIT = 1000
 _ENTITY = re.compile(r"connector:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}|route:[0-9]{1,18}")
@@ -41,10 +40,9 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
                 return api_error(422, "invalid", f"{name} must be a number from {low} to "
                                  f"{high}", name)
             numbers[name] = int(raw)
-        found = await request.app[key].store.read(
-            lambda db: directory_sql.activity(db, entity=entity, **numbers))
-        for line in found:
-            line["at"] = _iso(line["at"])
-        return web.json_response({"activity": found})
+        found = await request.app[key].directory_ops.activity(entity=entity, **numbers)
+        return web.json_response({"activity": [
+            {"id": line.id, "entity": line.entity, "action": line.action, "actor": line.actor,
+             "at": _iso(line.at), "changes": line.changes} for line in found]})
 
     router.add_get("/api/v1/activity", history)

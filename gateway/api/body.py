@@ -2,8 +2,8 @@
 
 The handlers check only the *shape* here (JSON types, unknown and missing
 fields) and answer 422 naming the field and the rule; what a value may be
-given the rest of the directory is decided in ``gateway.directory_ops`` /
-``gateway.route_ops`` and arrives as a ``RuleViolation`` (422
+given the rest of the directory is decided in ``directory.ops`` (the
+directory's one write door) and arrives as a ``RuleViolation`` (422
 ``rule_violation``; a ``Conflict`` is 409) or a ``LookupError`` (404).
 """
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from gateway.api.errors import api_error
-from gateway.directory_ops import Conflict
-from gateway.workitems import RuleViolation
+from gateway.model import Conflict, RuleViolation
 
 Check = tuple[Callable[[Any], bool], str]          # test, what the value must be
 Handler = Callable[[web.Request], Awaitable[web.Response]]

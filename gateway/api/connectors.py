@@ -20,14 +20,14 @@ import re
 
 from aiohttp import web
 
-from gateway import connector_test, presets
+from gateway.directory import presets, probe
 from gateway.api.body import (ADDRESS, BOOL, Check, actor, directory_errors, json_object,
                               optional, shape_error, text)
 from gateway.api.errors import api_error
-from gateway.connector_checks import (MAX_SECRET, POLL_CHECKS, connector_problems,
+from gateway.directory.connector_checks import (MAX_SECRET, POLL_CHECKS, connector_problems,
                                       credential_problems, implied_protocol, with_preset)
-from gateway.directory_ops import ConnectorEntry, DirectoryOps
-from gateway.model import SECRET_FIELDS, Connector
+from gateway.directory.ops import DirectoryOps
+from gateway.model import SECRET_FIELDS, Connector, ConnectorEntry
 
 POLL_WAIT = 120.0            # seconds a "poll now" request waits for its round
 
@@ -168,7 +168,7 @@ def _rule_problem(entry: ConnectorEntry, given: set[str]) -> web.Response | None
 
 def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
     def directory(request: web.Request) -> DirectoryOps:
-        return DirectoryOps(request.app[key].ops)
+        return request.app[key].directory_ops
 
     async def found(request: web.Request) -> ConnectorEntry | web.Response:
         name = request.match_info["name"]
@@ -252,7 +252,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         entry = await found(request)
         if isinstance(entry, web.Response):
             return entry
-        ok, detail, at = await connector_test.test_and_record(request.app[key].ops, entry)
+        ok, detail, at = await probe.test_and_record(request.app[key].directory_ops, entry)
         return web.json_response({"ok": ok, "detail": detail, "tested_at": at})
 
     async def poll(request: web.Request) -> web.Response:

@@ -2,7 +2,7 @@
 
 A contact maps an address (``bob@acme.test``) or a whole domain
 (``*@acme.test``) to a company; the exact address wins over its domain
-(``gateway.routes.company_of``). POSTing a known pattern re-points it to the
+(``directory.routing.company_of``). POSTing a known pattern re-points it to the
 new company (200) instead of failing, since there is no PATCH.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gateway.api.body import Check, directory_errors, json_object, path_id, shape_error, text
 from gateway.api.errors import api_error
-from gateway.directory_ops import DirectoryOps
+from gateway.directory.ops import DirectoryOps
 
 SPEC: dict[str, Check] = {
     "pattern": (text(254, empty=False), "an address or *@domain"),
@@ -25,11 +25,12 @@ def contact_json(contact_id: int, pattern: str, company: str) -> dict:
 
 def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
     def directory(request: web.Request) -> DirectoryOps:
-        return DirectoryOps(request.app[key].ops)
+        return request.app[key].directory_ops
 
     async def list_all(request: web.Request) -> web.Response:
         found = await directory(request).contacts()
-        return web.json_response({"contacts": [contact_json(*c) for c in found]})
+        return web.json_response({"contacts": [contact_json(c.id, c.pattern, c.company)
+                                                 for c in found]})
 
     @directory_errors
     async def create(request: web.Request) -> web.Response:

@@ -7,7 +7,7 @@ operation has the one shape ``{"error": {"code", "message", "field"}}``.
 """
 from __future__ import annotations
 
-from gateway import presets
+from gateway.directory import presets
 from gateway.model import MODES, STATES
 
 S = {"type": "string"}

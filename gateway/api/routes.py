@@ -1,8 +1,8 @@
 """``/api/v1/connectors/{name}/routes`` and ``/api/v1/routes/{id}`` (SPEC §3.6, R-R1..R-R8).
 
 Shapes are checked here; the rules (R-R4 wildcard sender lists, R-R5 bands,
-R-R7 the fallback, and whatever ``validate_route`` checks) in
-``gateway.route_ops``, answered 422 ``rule_violation`` with the rule id first.
+R-R7 the fallback, and whatever ``routing.validate_route`` checks) in
+``directory.ops``, answered 422 ``rule_violation`` with the rule id first.
 ``order`` is the route's place 1..N on its connector; it changes only by
 ``POST /routes/{id}/move`` (R-R5). ``flags`` lists why a route that keeps
 working needs an admin's look (R-R8).
@@ -14,9 +14,9 @@ from aiohttp import web
 from gateway.api.body import (BOOL, Check, actor, directory_errors, is_, json_object,
                               optional, path_id, shape_error, text)
 from gateway.api.errors import api_error
-from gateway.directory_ops import route_snapshot
-from gateway.model import Route
-from gateway.route_ops import RouteOps
+from gateway.directory.activity import route_snapshot
+from gateway.directory.ops import DirectoryOps
+from gateway.model import Route, RouteRules, RouteTarget
 
 RULES: dict[str, Check] = {
     "important": (optional(is_(bool)), "true, false or null (not checked)"),
@@ -59,13 +59,13 @@ def _invalid(body: dict, required: tuple[str, ...] = ()) -> web.Response | None:
 
 
 def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
-    def routes(request: web.Request) -> RouteOps:
-        return RouteOps(request.app[key].ops)
+    def routes(request: web.Request) -> DirectoryOps:
+        return request.app[key].directory_ops
 
     async def flags(request: web.Request) -> dict[int, list[str]]:
         """R-R8: flagged routes by id."""
         found: dict[int, list[str]] = {}
-        for route, why in await request.app[key].ops.flagged_routes():
+        for route, why in await routes(request).flagged_routes():
             found.setdefault(route.id, []).append(why)
         return found
 
@@ -103,7 +103,11 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         if "order" in body:
             return api_error(422, "rule_violation", "R-R5: a new route goes to the end of its "
                              "band; move it afterwards (POST /api/v1/routes/{id}/move)", "order")
-        route, order = await routes(request).create(name, body, who)
+        route = Route(id=0, connector=name, order=0,
+                      rules=RouteRules(**body.get("rules", {})),
+                      target=RouteTarget(**body.get("target", {})),
+                      **{k: v for k, v in body.items() if k not in ("rules", "target")})
+        route, order = await routes(request).create_route(route, who)
         return web.json_response(route_json(route, order, await flags(request)), status=201)
 
     @directory_errors
@@ -123,7 +127,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
             if isinstance(answer, web.Response):
                 return answer
         body, who = given
-        route, order = await routes(request).update(route_id, body, who)
+        route, order = await routes(request).update_route(route_id, body, who)
         return web.json_response(route_json(route, order, await flags(request)))
 
     @directory_errors
@@ -132,7 +136,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         for answer in (route_id, who):
             if isinstance(answer, web.Response):
                 return answer
-        await routes(request).delete(route_id, who)
+        await routes(request).delete_route(route_id, who)
         return web.Response(status=204)
 
     @directory_errors
@@ -146,7 +150,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         problem = shape_error(body, "R-R5", MOVE, ("order",))
         if problem is not None:
             return problem
-        route, order = await routes(request).move(route_id, body["order"], who)
+        route, order = await routes(request).move_route(route_id, body["order"], who)
         return web.json_response(route_json(route, order, await flags(request)))
 
     router.add_get("/api/v1/connectors/{name}/routes", list_all)

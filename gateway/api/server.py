@@ -9,21 +9,20 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.api import connectors, emails, events, workitems
-from gateway.api import activity, contacts, routes
+from gateway.api import activity, connectors, contacts, emails, events, routes, workitems
 from gateway.api.errors import api_error
+from gateway.api.host import ApiHost
+from gateway.api.openapi import document
+from gateway.version import VERSION
 from metrics import CONTENT_TYPE_LATEST
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 log = logging.getLogger("mailgate.http")
 QUEUE_REFRESH = 1.0             # seconds between two counts of the queues for /metrics
-GATEWAY = web.AppKey("gateway", object)
+GATEWAY = web.AppKey("gateway", ApiHost)
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/api/v1/openapi.json"}
 
 
@@ -59,7 +58,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    gateway: Gateway = request.app[GATEWAY]
+    gateway = request.app[GATEWAY]
     checks = {
         "store": await gateway.store.ping(),
         "listeners": {name: l.server.is_serving() for name, l in gateway.listeners.items()},
@@ -72,8 +71,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    from gateway.api.openapi import document
-    from gateway.app import VERSION
     return web.json_response(document(VERSION))
 
 
@@ -92,7 +89,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def build_app(gateway: "Gateway") -> web.Application:
+def build_app(gateway: ApiHost) -> web.Application:
     app = web.Application(middlewares=[json_errors, bearer_auth])
     app[GATEWAY] = gateway
     app.router.add_get("/healthz", healthz)

@@ -19,8 +19,7 @@ from gateway.api.emails import _iso, email_json
 from gateway.api.body import json_object
 from gateway.api.errors import api_error
 from gateway.model import MODES, STATES, WorkItem
-from gateway.workitems import RuleViolation
-from storage.txn import Txn
+from gateway.model import RuleViolation
 
 FIELDS = ("ref", "kind", "uuid", "connector", "mode", "state", "wait_type", "new_info",
           "parent", "split_into", "merged_into", "converted_to", "linked", "copied_from",
@@ -121,7 +120,7 @@ def _operation(key: web.AppKey, body_ref: str | None = None, *, lost_sender: boo
                 if isinstance(exc, (KeyError, IndexError)):
                     raise       # a bug, not an unknown ref
                 ref = request.match_info.get("ref")
-                if ref is not None and await request.app[key].ops.workitem(ref) is None:
+                if ref is not None and await request.app[key].workitems.workitem(ref) is None:
                     return _no_item(ref)
                 if lost_sender:     # R-O6 sends from the item's connector, now deleted
                     return api_error(409, "no_connector", f"R-O6: {exc}", "connector")
@@ -152,7 +151,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         if body["connector"] not in gateway.directory.connectors:
             return api_error(422, "invalid", f"R-W1: no connector {body['connector']!r}",
                              "connector")
-        item = await gateway.ops.create_workitem(**body)
+        item = await gateway.workitems.create_workitem(**body)
         return web.json_response(workitem_json(item), status=201)
 
     async def list_all(request: web.Request) -> web.Response:
@@ -167,12 +166,11 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         limit = query.pop("limit", "100")
         if not re.fullmatch(r"[0-9]{1,4}", limit) or not 1 <= int(limit) <= MAX_LIMIT:
             return api_error(422, "invalid", f"limit must be 1 to {MAX_LIMIT}", "limit")
-        items = await request.app[key].store.read(
-            lambda db: Txn(db).workitems(limit=int(limit), **query))
+        items = await request.app[key].workitems.workitems(limit=int(limit), **query)
         return web.json_response({"workitems": [workitem_json(i) for i in items]})
 
     async def one(request: web.Request) -> web.Response:
-        item = await request.app[key].ops.workitem(request.match_info["ref"])
+        item = await request.app[key].workitems.workitem(request.match_info["ref"])
         if item is None:
             return _no_item(request.match_info["ref"])
         return web.json_response(workitem_json(item))
@@ -185,7 +183,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
             body = await read(request, rule="R-W3", spec=spec, required=required)
             if isinstance(body, web.Response):
                 return body
-            result = await call(request.app[key].ops, request.match_info["ref"], body)
+            result = await call(request.app[key].workitems, request.match_info["ref"], body)
             if isinstance(result, list):
                 return web.json_response({"children": [workitem_json(i) for i in result]},
                                          status=status)
@@ -195,11 +193,11 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
     async def emails(request: web.Request) -> web.Response:
         """The item's communications, incoming and outgoing, in the order they joined it."""
         gateway, ref = request.app[key], request.match_info["ref"]
-        item = await gateway.ops.workitem(ref)
+        item = await gateway.workitems.workitem(ref)
         if item is None:
             return _no_item(ref)
         found = []
-        for email_id in await gateway.ops.workitem_emails(item.ref):
+        for email_id in await gateway.workitems.workitem_emails(item.ref):
             record = await gateway.store.email(email_id)
             if record is not None:
                 found.append(email_json(record, await gateway.store.raw(email_id) or b""))

@@ -11,13 +11,15 @@ from gateway.config.binding import parse_listen
 from gateway.config.load import ConfigError, load
 from gateway.config.schema import (AutogenSection, BootstrapConnector, BootstrapRoute,
                                    DefaultGatewaySection, DirectorySection, DkimKey,
-                                   HttpSection, LmtpSection, LoopsSection, MatchingSection,
+                                   HttpSection, ListenerSection, LmtpSection, LoopsSection,
+                                   MatchingSection,
                                    OutboundSection, Settings, SmtpSection, StorageSection,
                                    Webhook)
 
 __all__ = [
     "AutogenSection", "BootstrapConnector", "BootstrapRoute", "ConfigError",
-    "DefaultGatewaySection", "DirectorySection", "DkimKey", "HttpSection", "LmtpSection",
+    "DefaultGatewaySection", "DirectorySection", "DkimKey", "HttpSection", "ListenerSection",
+    "LmtpSection",
     "LoopsSection", "MatchingSection", "OutboundSection", "Settings", "SmtpSection",
     "StorageSection", "Webhook", "load", "parse_listen",
 ]

@@ -15,10 +15,10 @@ import re
 import tomllib
 from pathlib import Path
 
-from gateway import presets
+from gateway.directory import presets
 from gateway.config.binding import _env_overrides, _Loader, _merge, _read_secret_files
 from gateway.config.schema import BootstrapConnector, Settings
-from gateway.connector_checks import (POLL_CHECKS, connector_problems, credential_problems,
+from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems, credential_problems,
                                       implied_protocol)
 from gateway.pipeline.classify import RulesError, read_classifier
 
@@ -170,9 +170,10 @@ def _check_seed(seed: BootstrapConnector, problem) -> None:
         problem("protocol", f"{name}: {clash[1]}")
     if seed.service not in presets.SERVICES or clash is not None:
         return
-    connector, username, password, secrets = seed.entry()
-    for key, message in (connector_problems(connector, given)
-                         + credential_problems(connector, username, password, secrets)):
+    entry = seed.entry()
+    for key, message in (connector_problems(entry.connector, given)
+                         + credential_problems(entry.connector, entry.username, entry.password,
+                                               entry.secrets)):
         if key in bad:
             continue                    # already said, in its own words
         fix = _FIXES.get(key) if key not in given else None    # a missing value's fix

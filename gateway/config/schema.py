@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway import presets
-from gateway.connector_checks import implied_protocol, with_preset
-from gateway.model import CONNECTOR_DEFAULTS, POLL_FIELDS, SECRET_FIELDS, Connector
+from gateway.directory import presets
+from gateway.directory.connector_checks import implied_protocol, with_preset
+from gateway.model import CONNECTOR_DEFAULTS, POLL_FIELDS, SECRET_FIELDS, Connector, ConnectorEntry
 
 
 @dataclass(frozen=True)
@@ -189,9 +189,9 @@ class BootstrapConnector:
         blank = BootstrapConnector()
         return tuple(k for k in POLL_FIELDS if getattr(self, k) != getattr(blank, k))
 
-    def entry(self) -> tuple[Connector, str | None, str | None, dict]:
-        """(connector with its service's preset applied, username, password, secrets):
-        what ``Operations.add_connector`` stores for this seed."""
+    def entry(self) -> ConnectorEntry:
+        """The connector with its service's preset applied, and its login: what the
+        first start stores for this seed (``directory.ops.DirectoryOps.create_connector``)."""
         protocol, _ = implied_protocol(self.service, self.protocol)
         connector = with_preset(Connector(
             name=self.name, service=self.service, protocol=protocol,
@@ -200,7 +200,7 @@ class BootstrapConnector:
             smtp_port=self.smtp_port, smtp_tls=self.smtp_tls,
             **{k: getattr(self, k) for k in POLL_FIELDS}), self.given())
         secrets = {k: getattr(self, k) for k in SECRET_FIELDS if getattr(self, k)}
-        return connector, self.username or None, self.password or None, secrets
+        return ConnectorEntry(connector, self.username or None, self.password or None, secrets)
 
 
 @dataclass(frozen=True)

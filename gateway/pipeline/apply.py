@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-from gateway import workitems
+from gateway.workitems import rules as workitems
 from gateway.mail import Mail
 from gateway.model import Route, WorkItem
-from gateway.outbound import compose_ack
+from gateway.outbound.compose import compose_ack
 from gateway.pipeline.ack_policy import never_automated
 from gateway.pipeline.context import Context, Verdict
 from gateway.pipeline.dedup import already_received, remember
@@ -36,20 +36,20 @@ class Apply:
             if ref is None or ref in done:
                 continue
             done.add(ref)
-            if already_received(ctx, ref):
+            if await already_received(ctx, ref):
                 skipped.append(ref)
                 continue
-            self._append(mail, ctx, ref)
+            await self._append(mail, ctx, ref)
             targets.append({"ref": ref, "action": "appended"})
         copy_from = next((r.copy_from for r in ctx.resolved if r.ref is None and r.copy_from),
                          None)
         for address, route in ctx.routed:
             target = address.lower()
-            if already_received(ctx, target):
+            if await already_received(ctx, target):
                 skipped.append(target)
                 continue
-            item = self._create(mail, ctx, route, copy_from)
-            remember(ctx, target)
+            item = await self._create(mail, ctx, route, copy_from)
+            await remember(ctx, target)
             targets.append({"ref": item.ref, "action": "created"})
         if skipped:
             ctx.note("already received: " + ", ".join(skipped))
@@ -58,34 +58,34 @@ class Apply:
         created = any(t["action"] == "created" for t in targets)
         return Verdict("created" if created else "appended", "", targets)
 
-    def _append(self, mail: Mail, ctx: Context, ref: str) -> None:
+    async def _append(self, mail: Mail, ctx: Context, ref: str) -> None:
         """R-E1..R-E3 (R-E5: auto-generated mail too)."""
         txn = ctx.txn
-        item = txn.workitem(ref)
+        item = await txn.workitem(ref)
         assert item is not None
-        parent = txn.workitem(item.parent) if item.parent else None
-        reopen = item.state != "RESOLVED" or _reopen_allowed(ctx, ref)
+        parent = await txn.workitem(item.parent) if item.parent else None
+        reopen = item.state != "RESOLVED" or await _reopen_allowed(ctx, ref)
         applied = workitems.apply_email(item, parent, reopen=reopen)
         if item.state == "RESOLVED" and reopen:
-            txn.record_reopen(ref, mail.email_id)
+            await txn.record_reopen(ref, mail.email_id)
         for changed in applied.items:
-            txn.save_workitem(changed)
+            await txn.save_workitem(changed)
         for change in applied.changes:
-            txn.emit("workitem.state_changed", ref=change.ref, email_id=mail.email_id,
-                     old=change.old, new=change.new)
-        txn.attach_email(ref, mail.email_id, "appended")
-        txn.emit("email.appended", ref=ref, email_id=mail.email_id)
-        remember(ctx, ref)
+            await txn.emit("workitem.state_changed", ref=change.ref, email_id=mail.email_id,
+                           old=change.old, new=change.new)
+        await txn.attach_email(ref, mail.email_id, "appended")
+        await txn.emit("email.appended", ref=ref, email_id=mail.email_id)
+        await remember(ctx, ref)
 
-    def _create(self, mail: Mail, ctx: Context, route: Route,
-                copy_from: str | None) -> WorkItem:
+    async def _create(self, mail: Mail, ctx: Context, route: Route,
+                      copy_from: str | None) -> WorkItem:
         """R-E4: a new item from routing: TO_DO, contacts = sender + CCs, mode from the route."""
         txn = ctx.txn
-        number = txn.next_number()
+        number = await txn.next_number()
         kind = route.target.kind if route.target.kind in ("Ticket", "Case") else "Ticket"
         contacts = _contacts(mail, ctx)
         automated = route.send_automated_emails and ctx.autogen_rule is None  # R-A4
-        closed = txn.workitem(copy_from) if copy_from else None
+        closed = await txn.workitem(copy_from) if copy_from else None
         effects = workitems.create(
             workitems.format_ref(number, kind), kind, str(uuid.uuid4()), ctx.connector.name,
             mode="test" if route.test_mode else "live", contacts=contacts,
@@ -94,25 +94,27 @@ class Apply:
         item.new_info = True
         if ctx.global_match and ctx.global_match != item.ref:
             item.linked = [ctx.global_match]
-        txn.save_workitem(item)
+        await txn.save_workitem(item)
         if item.copied_from:
-            txn.copy_communications(item.copied_from, item.ref)
+            await txn.copy_communications(item.copied_from, item.ref)
         if ctx.global_match:
-            other = txn.workitem(ctx.global_match)
+            other = await txn.workitem(ctx.global_match)
             if other is not None and item.ref not in other.linked:
-                txn.save_workitem(dataclasses.replace(other, linked=[*other.linked, item.ref]))
-        txn.attach_email(item.ref, mail.email_id, "created")
-        txn.emit("workitem.created", ref=item.ref, email_id=mail.email_id,
-                 kind=item.kind, connector=item.connector, mode=item.mode,
-                 route=route.id, copied_from=item.copied_from)
-        remember(ctx, item.ref)
+                await txn.save_workitem(dataclasses.replace(other,
+                                                            linked=[*other.linked, item.ref]))
+        await txn.attach_email(item.ref, mail.email_id, "created")
+        await txn.emit("workitem.created", ref=item.ref, email_id=mail.email_id,
+                       kind=item.kind, connector=item.connector, mode=item.mode,
+                       route=route.id, copied_from=item.copied_from)
+        await remember(ctx, item.ref)
         if automated:
-            self._acknowledge(mail, ctx, item, route)
+            await self._acknowledge(mail, ctx, item, route)
         elif route.send_automated_emails:
             ctx.note(f"no acknowledgement for {item.ref}: auto-generated ({ctx.autogen_rule})")
         return item
 
-    def _acknowledge(self, mail: Mail, ctx: Context, item: WorkItem, route: Route) -> None:
+    async def _acknowledge(self, mail: Mail, ctx: Context, item: WorkItem,
+                           route: Route) -> None:
         """R-O5 to the sender, and to CCs with ``ack_cc``; queued as automated mail (R-A3)."""
         if not mail.from_address:
             ctx.note(f"no acknowledgement for {item.ref}: no sender address")
@@ -130,7 +132,7 @@ class Apply:
         recipients = []
         for address in dict.fromkeys([mail.from_address, *cc]):
             why = never_automated(address)
-            if why is None and ctx.txn.automated_sent_to(
+            if why is None and await ctx.txn.automated_sent_to(
                     address, since=ctx.txn.now - 86400) >= ctx.settings.ack_budget_per_day:
                 why = f"its budget of {ctx.settings.ack_budget_per_day} automated mails a day"
             if why:
@@ -146,22 +148,22 @@ class Apply:
             domain=ctx.settings.message_id_domain, mode=ctx.settings.matching_mode,
             hide_plus_in_from=ctx.settings.hide_plus_in_from, tokens=ctx.settings.tokens)
         raw = message.as_bytes()
-        email_id = ctx.txn.store_outgoing(
+        email_id = await ctx.txn.store_outgoing(
             raw, connector=ctx.connector.name, message_id=message_id,
             mail_from=ctx.connector.primary_address, rcpt_to=[*to, *cc],
             automated=True)
-        ctx.txn.attach_email(item.ref, email_id, "sent")
-        ctx.txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=True)
+        await ctx.txn.attach_email(item.ref, email_id, "sent")
+        await ctx.txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=True)
         ctx.note(f"acknowledgement queued as email {email_id}")
 
 
-def _reopen_allowed(ctx: Context, ref: str) -> bool:
+async def _reopen_allowed(ctx: Context, ref: str) -> bool:
     """R-B3, second loop breaker: mail may reopen one RESOLVED item ``reopen_budget``
     times a window. Past it the mail is still appended (new_info, never lost), but the
     item stays RESOLVED: an autoresponder answering the resolution notice cannot keep
     pulling a ticket back into the queue."""
     budget, window = ctx.settings.reopen_budget, ctx.settings.reopen_window
-    if not budget or ctx.txn.reopens(ref, ctx.txn.now - window) < budget:
+    if not budget or await ctx.txn.reopens(ref, ctx.txn.now - window) < budget:
         return True
     ctx.note(f"{ref} stays RESOLVED: mail reopened it {budget} times in the last "
              f"{window / 3600:g} hours, its budget (R-B3, [loops] reopen_budget)")

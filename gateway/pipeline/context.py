@@ -5,21 +5,21 @@ They read through ``ctx.txn`` (domain methods, not SQL), record what they
 found on the context for the stages after them, and end the pipeline by
 returning a :class:`Verdict`.
 
-``ctx.txn`` is synchronous: the runner decides a batch on the writer connection's
-thread, in one hop, so a stage's ``run`` is a coroutine that never suspends, and
-the runner steps it to its end there (:func:`complete`).
+``ctx.txn`` is the store's pipeline transaction (``storage.base.PipelineTxn``): a
+stage awaits it and nothing else, so the same stage runs on SQLite's writer thread
+(where those awaits never suspend) and on a server database.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Coroutine, Protocol
+from typing import Protocol
 
-from gateway.directory import Directory
+from gateway.directory.snapshot import Directory
 from gateway.mail import Mail
 from gateway.model import Connector, Route, TraceLine
 from gateway.pipeline.classify import CLASSIFIER, Classifier
 from gateway.tokens import Tokens
-from storage.txn import SyncTxn
+from storage.base import PipelineTxn
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Context:
     connector: Connector
     directory: Directory
     settings: PipelineSettings
-    txn: SyncTxn
+    txn: PipelineTxn
     trace: list[TraceLine] = field(default_factory=list)
     # what the stages found, in pipeline order
     f1: str | None = None
@@ -80,6 +80,7 @@ class Context:
     global_match: str | None = None                        # R-M6 link target
     routed: list[tuple[str, Route]] = field(default_factory=list)  # (target address, route)
     wildcard_only: bool = False                            # R-M4: placed by a wildcard route
+    match_candidates: list | None = None                   # R-M2: found once per copy
 
     def note(self, text: str) -> None:
         """Extra detail for the current stage's trace line."""
@@ -94,24 +95,9 @@ class Context:
 
 
 class Stage(Protocol):
-    """DESIGN: small, typed, ignorant of transport, metrics and SQL dialects. ``run`` must
-    not await anything that suspends: it runs on the writer's thread, without a loop."""
+    """DESIGN: small, typed, ignorant of transport, metrics and SQL dialects. ``run``
+    awaits nothing but ``ctx.txn``: on SQLite it runs on the writer's thread, without
+    a loop."""
     name: str
 
     async def run(self, mail: Mail, ctx: Context) -> Verdict | None: ...
-
-
-def complete(step: Coroutine[Any, Any, Verdict | None]) -> Verdict | None:
-    """Run a stage's coroutine to its end, here and now.
-
-    Stages are coroutines (DESIGN "A stage"), but on the writer's thread nothing they
-    call suspends: the transaction they see is synchronous. A stage that awaited
-    something real would wait for a loop this thread does not run, so it fails loudly.
-    """
-    try:
-        step.send(None)
-    except StopIteration as done:
-        return done.value
-    step.close()
-    raise RuntimeError("a pipeline stage awaited something that suspends; stages run on the"
-                       " writer's thread, where only the synchronous transaction is available")

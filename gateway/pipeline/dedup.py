@@ -10,7 +10,7 @@ from __future__ import annotations
 from gateway.mail import Mail
 from gateway.pipeline import fingerprints
 from gateway.pipeline.context import Context, Verdict
-from storage.txn import SyncTxn
+from storage.base import Txn
 
 
 class Dedup:
@@ -20,21 +20,21 @@ class Dedup:
         ctx.f1 = fingerprints.f1(mail.raw)
         ctx.fingerprints = (ctx.f1, "F2:" + fingerprints.f2(mail), "F3:" + fingerprints.f3(mail))
         since = ctx.txn.now - ctx.settings.dedup_window_days * 86400
-        earlier = ctx.txn.f1_seen(ctx.connector.name, ctx.f1, mail.email_id or 0, since)
+        earlier = await ctx.txn.f1_seen(ctx.connector.name, ctx.f1, mail.email_id or 0, since)
         if earlier is not None:
             return Verdict("duplicate", f"same_bytes_as_email_{earlier}")
         return None
 
 
-def already_received(ctx: Context, target: str) -> bool:
+async def already_received(ctx: Context, target: str) -> bool:
     """R-D2: did ``target`` (a ref, a route address or ``*``) get this content already?"""
-    return ctx.txn.target_received(target, ctx.fingerprints)
+    return await ctx.txn.target_received(target, ctx.fingerprints)
 
 
-def remember(ctx: Context, target: str) -> None:
-    ctx.txn.remember(target, ctx.fingerprints, ctx.mail.email_id or 0)
+async def remember(ctx: Context, target: str) -> None:
+    await ctx.txn.remember(target, ctx.fingerprints, ctx.mail.email_id or 0)
 
 
-def prune(txn: SyncTxn, window_days: int) -> int:
+async def prune(txn: Txn, window_days: int) -> int:
     """R-D4: forget fingerprints older than the window."""
-    return txn.prune_fingerprints(txn.now - window_days * 86400)
+    return await txn.prune_fingerprints(txn.now - window_days * 86400)

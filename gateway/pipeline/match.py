@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-from gateway import workitems
+from gateway.workitems import rules as workitems
 from gateway.mail import Mail
 from gateway.model import WorkItem
 from gateway.pipeline.context import Context, MatchHit, Verdict
@@ -52,22 +52,22 @@ class Match:
         if mode in ("mixed", "plus_only"):
             hits += [MatchHit(ref, "plus_tag") for ref in ctx.tags]
         if mode == "plus_only":
-            hit = self._thread_rule(mail, ctx, ctx.connector.name, incoming_only=True)
+            hit = await self._thread_rule(mail, ctx, ctx.connector.name, incoming_only=True)
             if hit:
                 hits.append(hit)
         else:
-            hit = standard_match(mail, ctx, ctx.connector.name)
+            hit = await standard_match(mail, ctx, ctx.connector.name)
             if hit:
                 hits.append(hit)
         seen: set[str] = set()
         ctx.matches = [h for h in hits if not (h.ref in seen or seen.add(h.ref))]
         if not ctx.matches:
-            hit = standard_match(mail, ctx, None)
+            hit = await standard_match(mail, ctx, None)
             ctx.global_match = hit.ref if hit else None
             ctx.note("no match" + (f"; global match {hit.ref} ({hit.method})" if hit else ""))
             return None
         ctx.note(", ".join(f"{h.ref} by {h.method}" for h in ctx.matches))
-        self._resolve(ctx)
+        await self._resolve(ctx)
         return None
 
     @staticmethod
@@ -81,25 +81,25 @@ class Match:
         ctx.note("no visible address: wildcard routes only")
         return None
 
-    def _thread_rule(self, mail: Mail, ctx: Context, connector: str, *,
-                     incoming_only: bool) -> MatchHit | None:
+    async def _thread_rule(self, mail: Mail, ctx: Context, connector: str, *,
+                           incoming_only: bool) -> MatchHit | None:
         """R-M3: in plus_only, rule 1 against earlier incoming Message-IDs only."""
         chain = [("in_reply_to", m) for m in mail.in_reply_to]
         chain += [("references", m) for m in reversed(mail.references)]
         for method, message_id in chain:
-            for ref in ctx.txn.placed_on(message_id, incoming_only=incoming_only):
-                item = ctx.txn.workitem(ref)
+            for ref in await ctx.txn.placed_on(message_id, incoming_only=incoming_only):
+                item = await ctx.txn.workitem(ref)
                 if item and item.connector == connector:
                     return MatchHit(item.ref, method)
         return None
 
-    def _resolve(self, ctx: Context) -> None:
+    async def _resolve(self, ctx: Context) -> None:
         resolved: list[workitems.Resolution] = []
         for hit in ctx.matches:
-            item = ctx.txn.workitem(hit.ref)
+            item = await ctx.txn.workitem(hit.ref)
             if item is None:
                 continue
-            known = _closure(ctx, item)
+            known = await _closure(ctx, item)
             resolved += workitems.resolve_target(item, known.get)
         ctx.resolved = resolved
         paths = [" → ".join(r.path) for r in resolved if len(r.path) > 1]
@@ -107,20 +107,19 @@ class Match:
             ctx.note("resolved " + "; ".join(paths))
 
 
-def standard_match(mail: Mail, ctx: Context, connector: str | None) -> MatchHit | None:
+async def standard_match(mail: Mail, ctx: Context, connector: str | None) -> MatchHit | None:
     """R-M2 rules 1–4 in order; ``connector=None`` looks across connectors (R-M6)."""
-    for hit, item in _candidates(mail, ctx):
+    for hit, item in await _candidates(mail, ctx):
         if connector is None or item.connector == connector:
             return hit
     return None
 
 
-def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
+async def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
     """Every item rules 1–4 point at, in rule order; found once per copy, then filtered
     by connector (K first, then any connector for R-M6) without scanning the body again."""
-    cached = getattr(ctx, "_match_candidates", None)
-    if cached is not None:
-        return cached
+    if ctx.match_candidates is not None:
+        return ctx.match_candidates
     found: list[tuple[MatchHit, WorkItem]] = []
     txn = ctx.txn
     pattern = gateway_message_id(ctx.settings.message_id_domain)
@@ -128,14 +127,14 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
     replied = [ctx.bounce_of, *mail.in_reply_to] if ctx.bounce_of else mail.in_reply_to
     for message_id in replied:
         gateway_id = pattern.fullmatch(message_id)
-        item = txn.workitem_by_uuid(gateway_id.group(2)) if gateway_id else None
+        item = await txn.workitem_by_uuid(gateway_id.group(2)) if gateway_id else None
         if item and _signed_any(ctx, item, [gateway_id.group(3)], "Message-ID"):
             found.append((MatchHit(item.ref, "gateway_message_id"), item))
     chain = [("bounce_of" if m == ctx.bounce_of else "in_reply_to", m) for m in replied]
     chain += [("references", m) for m in reversed(mail.references)]
     for method, message_id in chain:
-        for ref in txn.placed_on(message_id):
-            item = txn.workitem(ref)
+        for ref in await txn.placed_on(message_id):
+            item = await txn.workitem(ref)
             if item:
                 found.append((MatchHit(item.ref, method), item))
     body = mail.text_body
@@ -143,7 +142,7 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
     for tag in BODY_TAG.finditer(body):
         tags.setdefault(tag.group(1).lower(), []).append(tag.group(2))
     for uuid, signatures in tags.items():
-        item = txn.workitem_by_uuid(uuid)
+        item = await txn.workitem_by_uuid(uuid)
         # A reply quotes older mail: one good occurrence of the tag is enough.
         if item and _signed_any(ctx, item, signatures, "body tag"):
             found.append((MatchHit(item.ref, "body_tag"), item))
@@ -151,7 +150,7 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
     refused: dict[str, str] = {}
     for method, text in (("subject_ref", mail.subject), ("body_ref", body)):
         for ref in dict.fromkeys(refs_in_text(text)):
-            item = txn.workitem(ref)
+            item = await txn.workitem(ref)
             if item is None or item.ref in refused:
                 continue
             why = why_not_participant(mail, item, ctx.settings.trusted_authserv_ids) \
@@ -162,7 +161,7 @@ def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
             found.append((MatchHit(item.ref, method), item))
     for ref, why in refused.items():
         ctx.note(f"ref {ref} not used: {why} (R-B2)")
-    ctx._match_candidates = found
+    ctx.match_candidates = found
     return found
 
 
@@ -204,7 +203,7 @@ def refs_in_text(text: str) -> list[str]:
     return refs
 
 
-def _closure(ctx: Context, item: WorkItem) -> dict[str, WorkItem]:
+async def _closure(ctx: Context, item: WorkItem) -> dict[str, WorkItem]:
     """Every item R-M5 may walk to from ``item``, loaded up front for the pure resolver."""
     known = {item.ref: item}
     pending = [item]
@@ -213,7 +212,7 @@ def _closure(ctx: Context, item: WorkItem) -> dict[str, WorkItem]:
         for ref in (*current.split_into, current.merged_into, current.converted_to,
                     current.parent):
             if ref and ref not in known:
-                found = ctx.txn.workitem(ref)
+                found = await ctx.txn.workitem(ref)
                 if found is not None:
                     known[ref] = found
                     pending.append(found)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from gateway import workitems
+from gateway.workitems import rules as workitems
 from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
 from gateway.tokens import SIGNATURE
@@ -94,7 +94,7 @@ class PlusAddress:
         for tag in tags:
             named, signature = ref_and_signature(tag)
             ref = workitems.canonical_ref(named)
-            item = ctx.txn.workitem(ref) if ref else None
+            item = await ctx.txn.workitem(ref) if ref else None
             if item is None:
                 ctx.note(f"unknown ref {named} ignored")
                 continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
-from gateway.routes import RoutingFacts, choose_routes, choose_wildcard, company_of
+from gateway.directory.routing import RoutingFacts, choose_routes, choose_wildcard, company_of
 
 
 def routing_facts(mail: Mail, ctx: Context) -> RoutingFacts:

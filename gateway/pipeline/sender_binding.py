@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from gateway.directory import normalize_address
+from gateway.directory.addresses import normalize_address
 from gateway.mail import Mail
 from gateway.model import WorkItem
 

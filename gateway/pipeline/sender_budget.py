@@ -19,7 +19,7 @@ not count either.
 """
 from __future__ import annotations
 
-from gateway.directory import normalize_address
+from gateway.directory.addresses import normalize_address
 from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
 
@@ -41,7 +41,7 @@ class SenderBudget:
         if not budget or sender is None:
             return None
         window = ctx.settings.sender_window
-        seen = ctx.txn.sender_intake(ctx.connector.name, sender, ctx.txn.now - window, budget)
+        seen = await ctx.txn.sender_intake(ctx.connector.name, sender, ctx.txn.now - window, budget)
         if seen < budget:
             return None
         ctx.note(f"{sender} already brought {ctx.connector.name} {budget} mails in the last "

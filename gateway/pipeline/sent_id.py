@@ -18,6 +18,6 @@ class SentIdCheck:
     async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
         message_id = mail.message_id
         if message_id and _OURS.fullmatch(message_id) \
-                and ctx.txn.sent_message(message_id):
+                and await ctx.txn.sent_message(message_id):
             return Verdict("own_mail", "sent_by_gateway")
         return None

@@ -36,7 +36,8 @@ import yarl
 
 from gateway.model import Connector
 from gateway.protocols.mailbox import (DEFAULT_TIMEOUT, LARGE_MESSAGE, Credentials, Fetched,
-                                       Mailbox, MailboxError, tls_context)
+                                       Mailbox, MailboxError)
+from gateway.tls import tls_context
 
 log = logging.getLogger("mailgate.graph")
 

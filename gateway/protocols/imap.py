@@ -21,9 +21,9 @@ Wire choices, and why:
   the connection-lost signal and a timeout, so a dead server ends in
   :class:`MailboxError`, never in a hung poller.
 * Draining thousands of messages: aioimaplib's response splitter recurses per line
-  and its FETCH bookkeeping is quadratic; :class:`_Protocol` and :class:`_Fetch`
-  replace those two pieces (same contract), which roughly doubled the measured
-  drain rate next to stdlib imaplib's fetch-all.
+  and its FETCH bookkeeping is quadratic; ``ImapProtocol`` and ``UidFetch`` from
+  :mod:`gateway.protocols.aioimaplib_fixes` replace those two pieces (same contract),
+  which roughly doubled the measured drain rate next to stdlib imaplib's fetch-all.
 """
 from __future__ import annotations
 
@@ -34,20 +34,21 @@ import re
 import ssl
 from typing import Any, Awaitable, Callable, Iterable
 
-from aioimaplib.aioimaplib import (AUTH, CRLF, NONAUTH, SELECTED, AioImapException, Command,
-                                   FetchCommand, IMAP4ClientProtocol, IncompleteRead, Response,
-                                   literal_data_re, quoted)
+from aioimaplib.aioimaplib import (AUTH, NONAUTH, SELECTED, AioImapException, Command, Response,
+                                   quoted)
 
 from gateway.model import Connector
+from gateway.protocols.aioimaplib_fixes import ImapProtocol, UidFetch
 from gateway.protocols.mailbox import (LARGE_MESSAGE, Fetched, Mailbox, MailboxError,
-                                       WatchUnsupported, tls_context)
+                                       WatchUnsupported)
+from gateway.tls import tls_context
 
 log = logging.getLogger("mailgate.imap")
 
 # Messages per UID FETCH. Upstream aioimaplib parses what one read returns (up to
 # 256 KiB) with one recursive call per line, two per message, so a few hundred tiny
 # messages in one command exceed Python's recursion limit (iroco-co/aioimaplib#118).
-# _Protocol below parses iteratively; the bound stays as a second line of defence,
+# ImapProtocol parses iteratively; the bound stays as a second line of defence,
 # and measured on loopback 200 is as fast as 1000.
 FETCH_CHUNK = 200
 # UIDs per UID STORE / UID EXPUNGE: command lines well under Dovecot's 64 KiB and,
@@ -154,82 +155,6 @@ def parse_fetch(lines: list) -> dict[int, bytes]:
     return found
 
 
-class _Protocol(IMAP4ClientProtocol):
-    """aioimaplib's protocol with its response splitter made iterative.
-
-    Upstream recurses once per received line and copies the rest of the buffer at
-    each step: deep recursion (iroco-co/aioimaplib#118, fixes proposed in #119 and
-    #130) and quadratic copying per read, which halved our drain rate next to stdlib
-    imaplib. Same contract as upstream: lines go to ``_handle_line``, literals to the
-    command that announced them, and ``IncompleteRead`` carries the command and
-    unparsed bytes over to the next read.
-    """
-
-    def _handle_responses(self, data: bytes, line_handler, current_cmd=None) -> None:
-        pos, end_of_data = 0, len(data)
-        while True:
-            if pos >= end_of_data:
-                if self.pending_sync_command is not None:
-                    self.pending_sync_command.flush()
-                if current_cmd is not None and current_cmd.wait_data():
-                    raise IncompleteRead(current_cmd)
-                return
-            if current_cmd is not None and current_cmd.wait_literal_data():
-                rest = current_cmd.append_literal_data(memoryview(data)[pos:])
-                pos = end_of_data - len(rest)
-                if current_cmd.wait_literal_data():
-                    raise IncompleteRead(current_cmd)
-            eol = data.find(CRLF, pos)
-            if eol < 0:
-                raise IncompleteRead(current_cmd, data[pos:])
-            line, pos = data[pos:eol], eol + len(CRLF)
-            cmd = line_handler(line, current_cmd)
-            literal = literal_data_re.match(line)
-            if literal:
-                if cmd is None:         # a literal nobody asked for: read and drop it
-                    cmd = Command("NIL", "unused", loop=self.loop)
-                cmd.begin_literal_data(int(literal.group("size")))
-                current_cmd = cmd
-            elif cmd is not None and cmd.wait_data():
-                current_cmd = cmd
-            else:
-                current_cmd = None
-
-
-class _Fetch(FetchCommand):
-    """aioimaplib's FETCH command with two costs removed, for draining big mailboxes.
-
-    * ``wait_data`` ("is this FETCH response still open?") rescans the whole response
-      on every line, quadratic in the messages per command; here the parenthesis
-      balance of the current FETCH item is kept as lines arrive (literals excluded,
-      as upstream does).
-    * aioimaplib re-arms a timer on every line; here no timer at all, and the time of
-      the last byte is recorded instead so :meth:`ImapMailbox._call` can end the
-      command after ``timeout`` seconds of silence.
-    """
-
-    def __init__(self, tag: str, message_set: str, parts: str, *, loop) -> None:
-        super().__init__(tag, message_set, parts, prefix="UID", loop=loop, timeout=None)
-        self._depth = 0
-        self._clock = loop.time
-        self.last_activity = loop.time()
-
-    def append_to_resp(self, line, result: str = "Pending") -> None:
-        super().append_to_resp(line, result)
-        self.last_activity = self._clock()
-        if isinstance(line, bytes):
-            if self.FETCH_MESSAGE_DATA_RE.match(line):
-                self._depth = 0
-            self._depth += line.count(b"(") - line.count(b")")
-
-    def append_literal_data(self, data: bytes) -> bytes:
-        self.last_activity = self._clock()
-        return super().append_literal_data(data)
-
-    def wait_data(self) -> bool:
-        return self._depth != 0
-
-
 def _parse_keys(keys: Iterable[str], uidvalidity: int) -> list[int]:
     """The UIDs of ``keys`` that belong to ``uidvalidity`` (others are stale: skipped)."""
     uids = []
@@ -258,7 +183,7 @@ class ImapMailbox(Mailbox):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._protocol: _Protocol | None = None
+        self._protocol: ImapProtocol | None = None
         self._transport: asyncio.BaseTransport | None = None
         self._lost: asyncio.Future | None = None
         self._selected: str | None = None
@@ -275,7 +200,7 @@ class ImapMailbox(Mailbox):
         port = c.port or (993 if implicit else 143)
         loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
-        protocol = _Protocol(loop, self._connection_lost)
+        protocol = ImapProtocol(loop, self._connection_lost)
         self._protocol = protocol
         try:
             transport, _ = await self._call(
@@ -350,7 +275,7 @@ class ImapMailbox(Mailbox):
             self._lost.set_result(exc)
 
     async def _call(self, what: str, awaitable: Awaitable, *,
-                    activity: _Fetch | None = None) -> Any:
+                    activity: UidFetch | None = None) -> Any:
         """Await ``awaitable`` unless the connection drops or ``self.timeout`` passes
         first (with ``activity``: passes without a byte received); every failure
         becomes a :class:`MailboxError`."""
@@ -384,7 +309,7 @@ class ImapMailbox(Mailbox):
                                + (f" ({reason})" if reason else ""))
         raise MailboxError(f"{what}: no reply within {self.timeout:g} s")
 
-    def _live(self) -> _Protocol:
+    def _live(self) -> ImapProtocol:
         if self._protocol is None:
             raise MailboxError("the IMAP session is not open")
         return self._protocol
@@ -447,8 +372,8 @@ class ImapMailbox(Mailbox):
             protocol = self._live()
             # The timeout bounds silence, not the whole transfer: a large chunk on a
             # slow link is fine as long as bytes keep coming.
-            command = _Fetch(protocol.new_tag(), uid_set(chunk), "(UID BODY.PEEK[])",
-                             loop=protocol.loop)
+            command = UidFetch(protocol.new_tag(), uid_set(chunk), "(UID BODY.PEEK[])",
+                               loop=protocol.loop)
             response = await self._call(f"UID FETCH {folder}", protocol.execute(command),
                                         activity=command)
             if response.result != "OK":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import ssl
 from dataclasses import dataclass
 from typing import Callable
 
@@ -139,29 +138,3 @@ class Mailbox(abc.ABC):
 
 class WatchUnsupported(MailboxError):
     """The mailbox cannot tell us about new mail; the poller keeps its interval."""
-
-
-def tls_context(connector: Connector) -> ssl.SSLContext:
-    """R-C4: the system trust store, plus the connector's ``ca_file`` when given.
-    Verification is off only when the connector says so explicitly."""
-    context = ssl.create_default_context()
-    if connector.ca_file:
-        context.load_verify_locations(cafile=connector.ca_file)
-    if not connector.tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def open_mailbox(connector: Connector, credentials: Credentials, **options) -> Mailbox:
-    """The :class:`Mailbox` for ``connector``'s protocol."""
-    if connector.protocol == "imap":
-        from gateway.protocols.imap import ImapMailbox
-        return ImapMailbox(connector, credentials, **options)
-    if connector.protocol == "pop3":
-        from gateway.protocols.pop3 import Pop3Mailbox
-        return Pop3Mailbox(connector, credentials, **options)
-    if connector.protocol == "graph":
-        from gateway.protocols.graph import GraphMailbox
-        return GraphMailbox(connector, credentials, **options)
-    raise MailboxError(f"{connector.protocol!r} connectors are not polled")

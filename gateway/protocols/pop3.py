@@ -21,8 +21,8 @@ import socket
 from typing import Any, Callable
 
 from gateway.protocols.imap import login_name
-from gateway.protocols.mailbox import (LARGE_MESSAGE, Fetched, Mailbox, MailboxError,
-                                       tls_context)
+from gateway.protocols.mailbox import LARGE_MESSAGE, Fetched, Mailbox, MailboxError
+from gateway.tls import tls_context
 
 log = logging.getLogger("mailgate.pop3")
 

@@ -14,6 +14,10 @@ changes four things, each for a reason:
 - ``MAIL FROM``/``RCPT TO`` with a plain ``<local@domain>`` skip the stdlib's
   header-grammar parser (a third of a bare server's CPU in the bench profiles);
   anything else still goes through aiosmtpd's parser.
+
+Only aiosmtpd's public API is used here; what needs its private members (the
+address parser, the connection's reader, the end-of-transaction reset) is in
+:mod:`gateway.protocols.aiosmtpd_fixes`, with the reasons.
 """
 from __future__ import annotations
 
@@ -22,15 +26,14 @@ import logging
 import re
 from typing import Any, Callable
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, syntax
 
 from gateway.intake import Intake, RecipientResult
+from gateway.protocols.aiosmtpd_fixes import SmtpWorkarounds
 from gateway.protocols.data import DataLimits, read_data
 
 log = logging.getLogger("mailgate.session")
 
-_PLAIN_PATH = re.compile(r"<([A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,255})>"
-                         r"(?:[ \t]+(.*))?")
 _HAS_ENHANCED = re.compile(r"\d{3}[ -][245]\.\d{1,3}\.\d{1,3}(?:\s|$)")
 _DEFAULT_ENHANCED = {
     "221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "251": "2.1.5", "252": "2.5.0",
@@ -117,7 +120,7 @@ class GatewayHandler:
         return TEMPFAIL
 
 
-class DurableSession(SMTP):
+class DurableSession(SmtpWorkarounds):
     """An aiosmtpd session whose DATA is journaled before any positive reply."""
 
     # The StreamReader's buffer limit. Commands are still held to 512 octets by
@@ -151,7 +154,7 @@ class DurableSession(SMTP):
         if self.in_data or self.transport is None:
             return False
         try:
-            self._writer.write(reply.encode("ascii") + b"\r\n")
+            self.transport.write(reply.encode("ascii") + b"\r\n")
         except Exception:  # the peer may already be gone
             pass
         self.transport.close()
@@ -169,13 +172,10 @@ class DurableSession(SMTP):
                 handler.on_reply(line[:1])
         await super().push(status)
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        match = _PLAIN_PATH.fullmatch(arg.strip())
-        if match:
-            return match.group(1), match.group(2) or ""
-        return super()._getaddr(arg)
-
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        """Replaces aiosmtpd's DATA (see aiosmtpd_fixes): chunked read, replies from
+        the subclass after the journal commit."""
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
@@ -190,13 +190,13 @@ class DurableSession(SMTP):
         self.in_data = True
         try:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
-            result = await read_data(self._reader, self.limits)
+            result = await read_data(self.client_stream(), self.limits)
             rcpts = list(self.envelope.rcpt_tos)
             if result.error is not None:
                 replies = self.error_replies(result.error, rcpts)
             else:
                 replies = await self._deliver(result.content, rcpts)
-            self._set_post_data_state()
+            self.end_transaction()
             await self.push("\r\n".join(replies))
         finally:
             self.in_data = False

@@ -67,7 +67,7 @@ async def outgoing(gw, ref: str) -> list[EmailMessage]:
     import email
     from email import policy
     found = []
-    for email_id in await gw.ops.workitem_emails(ref):
+    for email_id in await gw.workitems.workitem_emails(ref):
         record = await gw.store.email(email_id)
         if record.direction == "outgoing":
             found.append(email.message_from_bytes(await gw.store.raw(email_id),
@@ -92,6 +92,4 @@ async def copies(gw, message: EmailMessage) -> list:
 
 
 async def work_item_count(gw) -> int:
-    rows = await gw.store.read(lambda db: db.execute_fetchall(
-        "SELECT COUNT(*) FROM work_items"))
-    return rows[0][0]
+    return len(await gw.workitems.workitems(limit=100_000))

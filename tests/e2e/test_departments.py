@@ -71,7 +71,7 @@ async def test_r_m2_swapping_fr_for_ma_creates_only_in_ma(gw):
                                     in_reply_to=ack["Message-ID"]))
     assert copy.connector == "ma" and copy.outcome == "created"
     assert (await gw.workitem(copy.targets[0]["ref"])).connector == "ma"
-    assert len(await gw.ops.workitem_emails("1-T")) == 2   # the first mail and its ack only
+    assert len(await gw.workitems.workitem_emails("1-T")) == 2   # the first mail and its ack only
 
 
 async def test_r_m2_cc_d_person_replying_to_the_original_lands_on_the_original_item(gw):

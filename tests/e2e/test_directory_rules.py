@@ -5,7 +5,7 @@ import pytest
 
 from gateway.config import BootstrapConnector
 from gateway.model import Route, RouteRules, RouteTarget
-from gateway.workitems import RuleViolation
+from gateway.model import RuleViolation
 from tests.e2e.helpers import deliver, mail
 
 SUPPORT = [BootstrapConnector(name="support", primary_address="support@corp.test",
@@ -29,7 +29,7 @@ async def test_r_r5_new_routes_go_to_the_end_of_their_band(start_gateway):
     await gw.add_route(route("*", name="vip",
                              rules=RouteRules(sender_list_includes="*@vip.test")))
     await gw.add_route(route("help@corp.test"))   # added later, still before the wildcard band
-    routes = {r.name: r.order for r in await gw.ops.search_routes("support", "")}
+    routes = {r.name: order for r, order in await gw.directory_ops.routes("support")}
     assert routes["help@corp.test"] < routes["vip"] < routes["support fallback"]
 
 
@@ -45,18 +45,19 @@ async def test_r_r6_route_search_is_starts_with(start_gateway):
     await gw.add_route(route("help@corp.test", target=RouteTarget(process="Helpdesk")))
     await gw.add_route(route("billing@corp.test",
                              target=RouteTarget(process="Finance", ticket_category="Invoices")))
-    names = lambda found: sorted(r.name for r in found)  # noqa: E731
-    assert names(await gw.ops.search_routes("support", "help")) == ["help@corp.test"]
-    assert names(await gw.ops.search_routes("support", "inv")) == ["billing@corp.test"]
-    assert names(await gw.ops.search_routes("support", "fin")) == ["billing@corp.test"]
-    assert names(await gw.ops.search_routes("support", "elp")) == []
+    async def names(q: str) -> list[str]:
+        return sorted(r.name for r, _ in await gw.directory_ops.routes("support", q))
+    assert await names("help") == ["help@corp.test"]
+    assert await names("inv") == ["billing@corp.test"]
+    assert await names("fin") == ["billing@corp.test"]
+    assert await names("elp") == []
 
 
 async def test_r_r8_route_to_a_vanished_process_keeps_working_and_is_flagged(start_gateway):
     gw = await start_gateway(connectors=SUPPORT)
     await gw.add_route(route("help@corp.test", target=RouteTarget(process="Old process")))
-    await gw.ops.set_processes(["Helpdesk"])
-    [(flagged, why)] = await gw.ops.flagged_routes()
+    await gw.directory_ops.set_processes(["Helpdesk"])
+    [(flagged, why)] = await gw.directory_ops.flagged_routes()
     assert flagged.name == "help@corp.test" and why.startswith("R-R8")
     [copy] = await deliver(gw, mail(to=["help@corp.test"]))
     assert copy.outcome == "created"

@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 
 from gateway import Gateway
-from gateway.workitems import RuleViolation
+from gateway.model import Route, RouteRules, RuleViolation
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.e2e.helpers import ACKING_FALLBACKS, DEPARTMENTS, deliver, mail
 
@@ -77,12 +77,13 @@ async def test_r_m1_matching_mode_changes_at_run_time_and_is_validated(gateway):
 
 
 async def test_r_c5_python_directory_changes_are_checked_and_recorded_like_http(gateway):
-    routes = gateway.route_ops
-    route, order = await routes.create("support", {"name": "vip", "email_address": "*",
-                                                   "rules": {"sender_list_includes":
-                                                             "*@vip.test"}}, "python")
+    directory = gateway.directory_ops
+    route, order = await directory.create_route(
+        Route(id=0, name="vip", connector="support", email_address="*", order=0,
+              rules=RouteRules(sender_list_includes="*@vip.test")), "python")
     with pytest.raises(RuleViolation) as refused:
-        await routes.create("support", {"name": "open", "email_address": "*"}, "python")
+        await directory.create_route(Route(id=0, name="open", connector="support",
+                                           email_address="*", order=0), "python")
     assert refused.value.rule == "R-R4"
     async with aiohttp.ClientSession(f"http://127.0.0.1:{gateway.http_port}") as http:
         async with http.get("/api/v1/activity", params={"entity": f"route:{route.id}"},

@@ -102,7 +102,7 @@ async def test_r_b3_held_mail_can_be_placed_by_a_person(start_gateway):
     verdict = await gw.pipeline.place(held.id, ref=ticket)
 
     assert verdict.outcome == "appended"
-    assert held.id in await gw.ops.workitem_emails(ticket)
+    assert held.id in await gw.workitems.workitem_emails(ticket)
 
 
 # -- the per-work-item reopen budget ------------------------------------------------------

@@ -76,7 +76,7 @@ async def test_r_b4_r_a3_the_bounce_of_an_acknowledgement_is_ignored(gw):
     copy = await deliver_dsn(gw, dsn, "<dsn-2@relay.customer.test>")
 
     assert (copy.outcome, copy.reason) == ("ignored", "auto_reply_to_automated")
-    assert copy.id not in await gw.ops.workitem_emails(ref)       # not appended
+    assert copy.id not in await gw.workitems.workitem_emails(ref)       # not appended
     assert await gw.workitem("2-T") is None                       # nor a new ticket
 
 

@@ -13,8 +13,7 @@ import sqlite3
 import pytest
 
 from gateway.model import Route, RouteTarget
-from gateway.protocols.mailbox import open_mailbox
-from storage import directory_sql
+from gateway.polling.mailboxes import open_mailbox
 from tests.dovecot import DovecotInstance
 from tests.e2e.helpers import WIRE, copies, mail, poll, work_item_count
 
@@ -545,10 +544,11 @@ async def test_r_i4_concurrent_directory_changes_leave_one_poller_per_connector(
     gw = await polled_gateway(
         start_gateway, dovecot, user,
         factory=lambda c, creds: SlowToList(open_mailbox(c, creds), "", []))
-    [row] = [r for r in await gw.store.read(directory_sql.connectors) if r[0].name == "mbox"]
+    entry = await gw.directory_ops.connector("mbox")
 
     async def directory_with(interval: int) -> list:
-        return [(dataclasses.replace(row[0], poll_interval=interval), *row[1:])]
+        return [dataclasses.replace(entry, connector=dataclasses.replace(
+            entry.connector, poll_interval=interval))]
 
     for attempt in range(3):
         await asyncio.sleep(0.01)                       # pollers inside their round

@@ -102,15 +102,15 @@ async def test_r_m5_closed_item_mail_goes_to_its_open_parent(gw):
 
 async def test_r_m5_closed_item_without_open_parent_makes_a_copied_item(gw):
     ref = await new_ticket(gw, cc=["dave@customer.test"])
-    await gw.ops._in_txn(lambda txn: _set_custom(txn, ref))
+    await gw.store.transaction(lambda txn: _set_custom(txn, ref))
     await gw.transition(ref, "CLOSED")
     copy = await reply_by_subject(gw, ref, sender="erin@customer.test")
     assert copy.outcome == "created"
     new = await gw.workitem(copy.targets[0]["ref"])
     assert new.copied_from == ref and new.custom_data["contract"] == "C-1"
     assert set(new.contacts) == {"carol@customer.test", "dave@customer.test", "erin@customer.test"}
-    old_emails = set(await gw.ops.workitem_emails(ref))
-    assert old_emails <= set(await gw.ops.workitem_emails(new.ref))  # communications copied
+    old_emails = set(await gw.workitems.workitem_emails(ref))
+    assert old_emails <= set(await gw.workitems.workitem_emails(new.ref))  # communications copied
 
 
 async def _set_custom(txn, ref):
@@ -329,4 +329,4 @@ async def test_r_o2_agent_mail_tags_gateway_addresses_with_the_linked_items(mixe
     sent = message_from_bytes(await mixed.store.raw(email_id), policy=email_policy.default)
     assert sent["From"] == f"fr+{first}@corp.test"
     assert sent["Cc"] == f"ma+{other.ref}@corp.test"
-    assert email_id in await mixed.ops.workitem_emails(other.ref)     # R-O6: shared
+    assert email_id in await mixed.workitems.workitem_emails(other.ref)     # R-O6: shared

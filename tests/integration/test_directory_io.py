@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import activity, directory_file, directory_io
+from gateway.directory import activity, transfer
+from gateway.directory import file as directory_file
 from gateway.app import Gateway
-from gateway.directory_file import toml_value
+from gateway.directory.file import toml_value
 from gateway.model import Connector, Route, RouteRules, RouteTarget
 from tests.conftest import make_settings
 from tests.e2e.helpers import deliver, mail
@@ -98,8 +99,8 @@ async def build_source(directory: Path) -> None:
     await gw.open_offline()
     try:
         await gw.add_connector(SUPPORT)
-        await gw.add_connector(SALES, with_fallback=False)
-        for route in ROUTES:
+        await gw.add_connector(SALES, fallback=ROUTES[-1])
+        for route in ROUTES[:-1]:
             await gw.add_route(route)
         await gw.add_contact("*@acme.test", 'ACME "Q" Corp')
         await gw.add_contact("boss@x.test", "Ünïcode — Werke\\Büro")
@@ -149,7 +150,7 @@ IMAP = Connector(name="imap-desk", service="other", protocol="imap", enabled=Fal
                  folders=("INBOX", "Support/Übersicht", 'quote "q"'), poll_interval=300,
                  keep_on_server=True, start_from="now", ca_file="/etc/mailgate/ca.pem",
                  tls_verify=False, shared_mailbox="shared@corp.test")
-GRAPH = Connector(name="graph", service="o365_graph", protocol="graph",
+GRAPH = Connector(name="graph", service="o365_graph", protocol="graph", enabled=False,
                   primary_address="team@corp.test", direction="both",
                   tenant_id="contoso.onmicrosoft.com",
                   application_id="11111111-2222-3333-4444-555555555555",
@@ -166,8 +167,8 @@ async def build_polled(directory: Path) -> None:
     await gw.open_offline()
     try:
         await gw.add_connector(SUPPORT)
-        await gw.ops.add_connector(IMAP, username="desk", password="imap-pa55-s3cret")
-        await gw.ops.add_connector(GRAPH, secrets=GRAPH_SECRETS)
+        await gw.add_connector(IMAP, username="desk", password="imap-pa55-s3cret")
+        await gw.add_connector(GRAPH, secrets=GRAPH_SECRETS)
     finally:
         await gw.close_offline()
 
@@ -420,8 +421,8 @@ async def test_a_failure_while_applying_rolls_everything_back(tmp_path, monkeypa
     await gw.open_offline()
     try:
         with pytest.raises(RuntimeError):
-            await directory_io.import_directory(gw.store, changed, "x.toml")
-        assert await directory_io.export_directory(gw.store) == before
+            await transfer.import_directory(gw.directory_ops, changed, "x.toml")
+        assert await transfer.export_directory(gw.directory_ops) == before
     finally:
         await gw.close_offline()
 

@@ -15,7 +15,8 @@ import pytest
 from gateway.model import Connector
 from gateway.protocols.imap import (ImapMailbox, encode_mailbox, login_name, parse_fetch,
                                     uid_set)
-from gateway.protocols.mailbox import Credentials, MailboxError, open_mailbox
+from gateway.polling.mailboxes import open_mailbox
+from gateway.protocols.mailbox import Credentials, MailboxError
 from tests.dovecot import DovecotInstance
 
 pytestmark = pytest.mark.timeout(30)
@@ -312,7 +313,8 @@ async def test_r_i4_imap_dropped_session_raises_and_close_does_not(dovecot):
 
 
 async def test_r_i4_imap_and_pop3_name_the_large_messages_so_they_are_fetched_alone(dovecot):
-    from gateway.protocols.mailbox import LARGE_MESSAGE, open_mailbox
+    from gateway.polling.mailboxes import open_mailbox
+    from gateway.protocols.mailbox import LARGE_MESSAGE
     user = dovecot.new_user("big")
     small = b"Subject: small\r\n\r\nhi\r\n"
     big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (LARGE_MESSAGE // 1000 + 10)

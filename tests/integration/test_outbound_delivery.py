@@ -99,7 +99,7 @@ async def test_r_o4_relay_down_is_retried_and_delivered_once_it_is_back(start_ga
     gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=outbound(port))
     await deliver(gw, mail(subject="While the relay sleeps"))
     await asyncio.sleep(0.8)                      # a few tries against a closed port
-    [queued] = await gw.store.read(lambda db: _queue(db))
+    [queued] = await _queue(gw)
     assert queued[0] == "queued" and queued[1] >= 2 and "Connect" in queued[2]
     sink = Sink(port).start()
     try:
@@ -107,7 +107,7 @@ async def test_r_o4_relay_down_is_retried_and_delivered_once_it_is_back(start_ga
         assert len(sink.received) == 1
     finally:
         sink.stop()
-    [done] = await gw.store.read(lambda db: _queue(db))
+    [done] = await _queue(gw)
     assert done[0] == "sent"
 
 
@@ -116,7 +116,7 @@ async def test_r_o4_relay_5xx_is_a_permanent_failure_on_the_work_item(start_gate
     gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=outbound(sink.port))
     await deliver(gw, mail(subject="To nobody"))
     await gw.delivery.drain()
-    [state] = await gw.store.read(lambda db: _queue(db))
+    [state] = await _queue(gw)
     assert state[0] == "failed" and "550" in state[2]
     failed = [e for e in await gw.store.events(0, 100) if e["type"] == "outbound.failed"]
     assert [(e["ref"], "550" in e["data"]["error"]) for e in failed] == [("1-T", True)]
@@ -165,14 +165,14 @@ async def test_r_o4_a_mail_that_breaks_the_sender_is_retried_and_the_rest_still_
         await asyncio.sleep(0.05)
     subjects = sorted(m["Subject"] for m in sink.messages()[1:])
     assert subjects == ["first", "fourth", "third"]
-    states = await gw.store.read(lambda db: _queue(db))
+    states = await _queue(gw)
     assert ("queued", 1) in [(state, attempts) for state, attempts, _ in states]
     assert any("internal error: ValueError: cannot sign this one" in (e or "")
                for _, _, e in states)
 
 
 async def test_r_o4_a_connection_the_relay_dropped_is_reopened_not_deferred(start_gateway):
-    from gateway.delivery import Relay, _Sessions
+    from gateway.outbound.delivery import Relay, _Sessions
     port = free_port()
     relay_server = Sink(port, idle_timeout=0.3).start()
     try:
@@ -189,7 +189,7 @@ async def test_r_o4_a_connection_the_relay_dropped_is_reopened_not_deferred(star
 
 
 async def test_r_o4_a_421_on_a_reused_connection_is_tried_at_once_on_a_new_one():
-    from gateway.delivery import Relay, _Sessions
+    from gateway.outbound.delivery import Relay, _Sessions
     port = free_port()
     relay_server = Sink(port).start()
     closing = {"done": False}
@@ -247,7 +247,7 @@ async def test_r_o4_recipients_refused_for_now_are_retried_alone_and_for_good_re
 
 async def test_r_o4_mail_the_relay_took_is_never_sent_again_when_its_record_fails(
         start_gateway, sink, monkeypatch):
-    from gateway.delivery import Delivery
+    from gateway.outbound.delivery import Delivery
     gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=outbound(sink.port))
     real_record = Delivery._record
     failures = {"left": 3}
@@ -263,13 +263,17 @@ async def test_r_o4_mail_the_relay_took_is_never_sent_again_when_its_record_fail
     await gw.delivery.drain(15)
 
     assert len(sink.received) == 1                           # sent once, recorded at last
-    [state] = await gw.store.read(lambda db: _queue(db))
+    [state] = await _queue(gw)
     assert state[0] == "sent" and failures["left"] == 0
 
 
-async def _queue(db):
-    async with db.execute("SELECT state, attempts, last_error FROM outbound_queue") as cursor:
-        return [tuple(r) for r in await cursor.fetchall()]
+async def _queue(gw) -> list[tuple]:
+    """(state, attempts, last error) of each outgoing mail, oldest first, as the store's
+    outbound queue tells them."""
+    sent = {email_id for item in await gw.workitems.workitems()
+            for email_id in await gw.workitems.workitem_emails(item.ref)}
+    found = [await gw.store.outbound.delivery(email_id) for email_id in sorted(sent)]
+    return [(d.state, d.attempts, d.last_error) for d in found if d is not None]
 
 
 def test_r_o4_kill_9_with_mail_queued_delivers_each_exactly_once_after_restart(tmp_path):

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from gateway.model import Connector
-from gateway.protocols.mailbox import Credentials, MailboxError, open_mailbox
+from gateway.polling.mailboxes import open_mailbox
+from gateway.protocols.mailbox import Credentials, MailboxError
 from gateway.protocols.pop3 import Pop3Mailbox
 from tests.dovecot import DovecotInstance
 

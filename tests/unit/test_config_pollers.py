@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from gateway.config import BootstrapConnector, ConfigError, load
-from gateway.model import Connector
+from gateway.model import Connector, ConnectorEntry
 
 
 def write(tmp_path, text: str):
@@ -50,7 +50,9 @@ def test_r_c1_a_gmail_seed_gets_its_preset_and_its_password_from_a_file(tmp_path
         start_from = "now"
         """)
     [seed] = load(str(path), env={}).directory.connectors
-    connector, username, secret, secrets = seed.entry()
+    entry = seed.entry()
+    connector, username, secret, secrets = (entry.connector, entry.username, entry.password,
+                                            entry.secrets)
     assert (connector.protocol, connector.host, connector.port, connector.tls) == \
         ("imap", "imap.gmail.com", 993, "implicit")
     assert connector.smtp_host == "smtp.gmail.com"                     # direction both
@@ -77,7 +79,9 @@ def test_r_i6_a_graph_seed_reads_its_secrets_from_files(tmp_path):
         ca_file = "/etc/mailgate/test-ca.pem"
         """)
     [seed] = load(str(path), env={}).directory.connectors
-    connector, username, password, secrets = seed.entry()
+    entry = seed.entry()
+    connector, username, password, secrets = (entry.connector, entry.username, entry.password,
+                                              entry.secrets)
     assert connector.protocol == "graph" and connector.port == 0 and connector.host == ""
     assert connector.graph_base_url == "https://127.0.0.1:8443/v1.0"
     assert (username, password) == (None, None)
@@ -88,7 +92,7 @@ def test_r_c1_an_other_seed_keeps_what_it_gives():
     seed = BootstrapConnector(name="pop", service="other", protocol="pop3",
                               primary_address="pop@example.test", host="pop.example.test",
                               tls="starttls", username="u", password="p")
-    connector, *_ = seed.entry()
+    connector = seed.entry().connector
     assert (connector.protocol, connector.host, connector.port, connector.tls) == \
         ("pop3", "pop.example.test", 110, "starttls")
 
@@ -96,9 +100,10 @@ def test_r_c1_an_other_seed_keeps_what_it_gives():
 def test_an_lmtp_seed_is_the_connector_it_always_was():
     seed = BootstrapConnector(name="support", primary_address="support@example.test",
                               aliases=("help@example.test",))
-    assert seed.entry() == (Connector(name="support", service="lmtp", protocol="lmtp",
-                                      primary_address="support@example.test",
-                                      aliases=("help@example.test",)), None, None, {})
+    assert seed.entry() == ConnectorEntry(Connector(name="support", service="lmtp",
+                                                    protocol="lmtp",
+                                                    primary_address="support@example.test",
+                                                    aliases=("help@example.test",)))
 
 
 def test_each_seed_problem_is_at_its_own_connectors_line_with_a_fix(tmp_path):
@@ -194,5 +199,6 @@ def test_a_disabled_polled_seed_may_wait_for_its_credentials(tmp_path):
         enabled = false
         """)
     [seed] = load(str(path), env={}).directory.connectors
-    connector, username, password, _ = seed.entry()
+    entry = seed.entry()
+    connector, username, password = entry.connector, entry.username, entry.password
     assert connector.host == "outlook.office365.com" and (username, password) == (None, None)

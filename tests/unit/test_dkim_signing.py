@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.config import DkimKey
-from gateway.dkim_signing import DkimSigner
+from gateway.outbound.dkim import DkimSigner
 
 MESSAGE = (b"From: Helpdesk <support@example.com>\r\n"
            b"To: carol@customer.test\r\n"

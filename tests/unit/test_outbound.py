@@ -7,7 +7,7 @@ from email import policy
 import pytest
 
 from gateway.model import Connector, WorkItem
-from gateway.outbound import clean_header, compose_ack
+from gateway.outbound.compose import clean_header, compose_ack
 
 ITEM = WorkItem(ref="12-T", kind="Ticket", uuid="0b2e4c0a-1111-4222-8333-944455556666",
                 connector="fr")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from gateway.model import Connector
-from gateway.poller import MAX_BACKOFF, MIN_BACKOFF, backoff, mailbox_scope
+from gateway.polling.poller import MAX_BACKOFF, MIN_BACKOFF, backoff, mailbox_scope
 from gateway.protocols.mailbox import Credentials
 
 IMAP = Connector(name="desk", service="other", protocol="imap", primary_address="d@x.test",
@@ -32,7 +32,7 @@ def test_r_i4_keys_are_scoped_to_the_mailbox_not_to_the_connector_name():
 
 
 def test_r_i4_large_messages_are_fetched_alone_and_order_is_kept():
-    from gateway.poller import batches
+    from gateway.polling.poller import batches
     keys = [str(n) for n in range(7)]
     assert list(batches(keys, 3, set())) == [["0", "1", "2"], ["3", "4", "5"], ["6"]]
     assert list(batches(keys, 3, {"1", "5"})) == [["0"], ["1"], ["2", "3", "4"], ["5"],
@@ -44,7 +44,7 @@ async def test_r_i4_a_poll_now_waiting_on_a_stopped_poller_is_answered_at_once(t
     was disabled) is answered with the stopped status, not left to time out."""
     import asyncio
 
-    from gateway.poller import Poller
+    from gateway.polling.poller import Poller
     from gateway.protocols.mailbox import Mailbox
     from storage.sqlite import SqliteStore
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from gateway.model import Connector, Route, RouteRules
-from gateway.routes import (RouteIndex, RoutingFacts, choose_routes, choose_wildcard,
+from gateway.directory.routing import (RouteIndex, RoutingFacts, choose_routes, choose_wildcard,
                             company_of, folder_matches, important_flag, rules_match,
                             validate_route)
 

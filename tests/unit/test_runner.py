@@ -1,4 +1,4 @@
-"""The runner steps each stage's coroutine to its end on the writer's thread (runner.py)."""
+"""The runner: a batch is one transaction, decided on SQLite's writer thread (runner.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -8,22 +8,23 @@ import pytest
 from gateway.model import Copy
 from gateway.pipeline import route as route_module
 from gateway.pipeline.context import Verdict
-from gateway.pipeline.context import complete
+from storage.sqlite.store import run_to_end
+from tests.conftest import run_sql
 
 RAW = (b"From: c@customer.test\r\nTo: support@example.test\r\nSubject: hello\r\n"
        b"Message-ID: <runner@customer.test>\r\n\r\nhello\r\n")
 
 
-def test_complete_returns_what_a_stage_that_never_suspends_returns():
+def test_run_to_end_returns_what_a_stage_that_never_suspends_returns():
     async def stage() -> Verdict:
         async def lookup() -> str:      # awaiting a coroutine that returns is no suspension
             return "duplicate"
         return Verdict(await lookup())
 
-    assert complete(stage()) == Verdict("duplicate")
+    assert run_to_end(stage()) == Verdict("duplicate")
 
 
-def test_complete_refuses_a_stage_that_suspends():
+def test_run_to_end_refuses_a_stage_that_suspends():
     finished = []
 
     async def stage() -> None:
@@ -33,7 +34,7 @@ def test_complete_refuses_a_stage_that_suspends():
             finished.append(True)        # closed, not left pending
 
     with pytest.raises(RuntimeError, match="suspends"):
-        complete(stage())
+        run_to_end(stage())
     assert finished == [True]
 
 
@@ -121,7 +122,7 @@ async def test_a_batch_run_again_copy_by_copy_still_commits_as_one(start_gateway
 
 
 async def test_r_u1_a_copy_placed_by_a_person_while_its_batch_was_read_is_not_decided_again(
-        start_gateway):
+        start_gateway, tmp_path):
     gw = await start_gateway()
     await gw.pipeline.stop()
     [email_id] = await gw.store.journal([Copy(raw=RAW, connector="support", source="lmtp")])
@@ -131,10 +132,10 @@ async def test_r_u1_a_copy_placed_by_a_person_while_its_batch_was_read_is_not_de
     async def read_then_placed(row):
         copy = await real_read(row)
 
-        async def placed(db):       # what place() leaves: decided, on a work item
-            await db.execute("UPDATE emails SET state = 'done', outcome = 'appended',"
-                             " trace = '[\"by hand\"]' WHERE id = ?", (email_id,))
-        await gw.store.write(placed)
+        # what place() leaves: decided, on a work item
+        await run_sql(tmp_path / "mailgate.db",
+                      "UPDATE emails SET state = 'done', outcome = 'appended',"
+                      f" trace = '[\"by hand\"]' WHERE id = {email_id}")
         return copy
 
     runner._read = read_then_placed
@@ -143,8 +144,7 @@ async def test_r_u1_a_copy_placed_by_a_person_while_its_batch_was_read_is_not_de
 
     record = await gw.store.email(email_id)
     assert (record.outcome, record.trace) == ("appended", ["by hand"])
-    rows = await gw.store.read(lambda db: db.execute_fetchall("SELECT COUNT(*) FROM work_items"))
-    assert rows[0][0] == 0                                    # the pipeline made nothing
+    assert await gw.workitems.workitems() == []              # the pipeline made nothing
 
 
 async def test_r_u1_a_copy_waiting_to_be_run_again_cannot_be_placed_by_hand(start_gateway):

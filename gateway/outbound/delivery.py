@@ -15,6 +15,7 @@ on restart (SMTP offers no better: at least once, never lost).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import ssl
@@ -22,15 +23,13 @@ import time
 from typing import Any, Awaitable, Callable, NamedTuple
 
 import aiosmtplib
-import aiosqlite
 
 from gateway.config import OutboundSection
-from gateway.directory import normalize_address
-from gateway.protocols.mailbox import tls_context
+from gateway.directory.addresses import normalize_address
+from gateway.model import Connector
+from gateway.tls import tls_context
 from gateway.worker import Worker
-from storage import directory_sql, outbound_sql
-from storage.sqlite import SqliteStore
-from storage.txn import Txn
+from storage.base import OutboundMail, Store
 
 log = logging.getLogger("mailgate.delivery")
 
@@ -112,11 +111,12 @@ class _Sessions:
 class Delivery(Worker):
     name = "delivery"
 
-    def __init__(self, store: SqliteStore, settings: OutboundSection, *,
+    def __init__(self, store: Store, settings: OutboundSection, *,
                  signer: Signer | None = None,
                  on_result: Callable[[str], None] | None = None):
         super().__init__()
         self.store = store
+        self.queue = store.outbound
         self.settings = settings
         self.signer = signer
         self.on_result = on_result
@@ -156,7 +156,7 @@ class Delivery(Worker):
                 await sessions.close()
             self.idle.set()
             try:
-                when = await self.store.read(outbound_sql.next_due)
+                when = await self.queue.next_due()
             except Exception:
                 log.exception("cannot read the outbound queue")
                 when = None
@@ -179,8 +179,8 @@ class Delivery(Worker):
                           email_id, exc)
                 self._store_trouble = True
                 return True
-        due = await self.store.read(lambda db: outbound_sql.due(db, time.time(), BATCH))
-        due = [m for m in due if m["email_id"] not in self._unrecorded]
+        due = await self.queue.due(time.time(), BATCH)
+        due = [m for m in due if m.email_id not in self._unrecorded]
         if not due:
             return False
         relays = await self._connector_relays()
@@ -189,7 +189,7 @@ class Delivery(Worker):
                                for n, sessions in enumerate(lanes)))
         return True
 
-    async def _lane(self, mails: list[dict], relays: dict[str, Relay],
+    async def _lane(self, mails: list[OutboundMail], relays: dict[str, Relay],
                     sessions: _Sessions) -> None:
         """One of ``concurrency`` senders: its share of the batch, in order."""
         for mail in mails:
@@ -198,12 +198,12 @@ class Delivery(Worker):
             try:
                 await self._deliver(mail, relays, sessions)
             except Exception as exc:    # a bug (or a signer failing on one mail) must not
-                log.exception("email %s: delivery failed", mail["email_id"])  # end the lane
+                log.exception("email %s: delivery failed", mail.email_id)  # end the lane
                 try:        # _deliver never raises once the relay took the mail
                     await self._failed(mail, f"internal error: {type(exc).__name__}: {exc}",
                                        permanent=False)
                 except Exception:
-                    log.exception("email %s: cannot record the failure", mail["email_id"])
+                    log.exception("email %s: cannot record the failure", mail.email_id)
                     self._store_trouble = True
 
     async def stop(self) -> None:
@@ -215,12 +215,13 @@ class Delivery(Worker):
         """R-O1: mailbox → the SMTP server of the first enabled outgoing connector (by name)
         that has one; mail From any other address uses the system default gateway."""
         try:
-            entries = await self.store.read(directory_sql.connectors)
+            entries = await self.store.read(lambda t: t.connector_entries())
         except Exception:
             log.exception("cannot read the connectors; using the default gateway")
             return {}
         relays: dict[str, Relay] = {}
-        for connector, username, password, _ in entries:
+        for entry in entries:
+            connector, username, password = entry.connector, entry.username, entry.password
             if not (connector.enabled and connector.smtp_host
                     and connector.direction in ("outgoing", "both")):
                 continue
@@ -231,7 +232,7 @@ class Delivery(Worker):
                 relays.setdefault(normalize_address(address), relay)
         return relays
 
-    def _connector_trust(self, connector) -> ssl.SSLContext | None:
+    def _connector_trust(self, connector: Connector) -> ssl.SSLContext | None:
         """A connector's own TLS trust (R-C4), or None for the default gateway's."""
         if not connector.ca_file and connector.tls_verify:
             return None
@@ -240,23 +241,23 @@ class Delivery(Worker):
             self._trust[key] = tls_context(connector)
         return self._trust[key]
 
-    async def _deliver(self, mail: dict, relays: dict[str, Relay] | None = None,
+    async def _deliver(self, mail: OutboundMail, relays: dict[str, Relay] | None = None,
                        sessions: _Sessions | None = None) -> None:
-        raw, domain = mail["raw"], None
+        raw, domain = mail.raw, None
         if self.signer is not None:
             raw, domain = await asyncio.to_thread(self.signer, raw)
         gateway = self.settings.default_gateway
-        relay = (relays or {}).get(normalize_address(mail["mail_from"] or ""))
+        relay = (relays or {}).get(normalize_address(mail.mail_from or ""))
         if relay is None and not gateway.enabled:
             await self._record(mail, "failed", f"R-O1: no outgoing connector sends as "
-                               f"{mail['mail_from']} and the default gateway is disabled")
+                               f"{mail.mail_from} and the default gateway is disabled")
             return
         relay = relay or Relay(gateway.host, gateway.port, gateway.tls, gateway.username,
                                gateway.password, "default gateway")
         sessions = sessions or self._lanes[0]
         context = (relay.tls_context or self._tls_context) if relay.tls != "none" else None
         try:
-            refused = await sessions.send(relay, context, mail["mail_from"], mail["rcpt_to"],
+            refused = await sessions.send(relay, context, mail.mail_from, list(mail.rcpt_to),
                                           raw)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
@@ -275,64 +276,52 @@ class Delivery(Worker):
             await record()
         except Exception as exc:
             log.error("email %s: sent, but its record cannot be written (%s); kept in "
-                      "memory and recorded again, never sent again", mail["email_id"], exc)
-            self._unrecorded[mail["email_id"]] = record
+                      "memory and recorded again, never sent again", mail.email_id, exc)
+            self._unrecorded[mail.email_id] = record
             self._store_trouble = True
 
-    async def _sent(self, mail: dict, refused: dict[str, Any], domain: str | None,
+    async def _sent(self, mail: OutboundMail, refused: dict[str, Any], domain: str | None,
                     relay: str) -> None:
         """Record a send the relay took. Recipients it refused for now are tried again
         later on their own; those it refused for good get an ``outbound.failed`` event."""
         later = sorted(r for r, reply in refused.items() if 400 <= reply.code < 500)
         never = sorted(r for r, reply in refused.items() if reply.code >= 500)
         if never:
-            await self._event(mail, "outbound.failed", recipients=never,
-                              error="; ".join(f"{r}: {refused[r].code} {refused[r].message}"
-                                              for r in never))
+            await self.store.emit("outbound.failed", ref=mail.ref, email_id=mail.email_id,
+                                  recipients=never,
+                                  error="; ".join(f"{r}: {refused[r].code} {refused[r].message}"
+                                                  for r in never))
         if later:
             error = "; ".join(f"{r}: {refused[r].code} {refused[r].message}" for r in later)
-            await self._failed(dict(mail, rcpt_to=later), f"recipients deferred: {error}",
-                               permanent=False, pending=later)
+            await self._failed(dataclasses.replace(mail, rcpt_to=tuple(later)),
+                               f"recipients deferred: {error}", permanent=False, pending=later)
             return
         await self._record(mail, "sent", None, signed=domain, relay=relay)
 
-    async def _event(self, mail: dict, event_type: str, **data: Any) -> None:
-        async def work(db: aiosqlite.Connection) -> None:
-            await Txn(db).emit(event_type, ref=mail["ref"], email_id=mail["email_id"], **data)
-        await self.store.write(work)
-
-    async def _failed(self, mail: dict, error: str, *, permanent: bool,
+    async def _failed(self, mail: OutboundMail, error: str, *, permanent: bool,
                       pending: list[str] | None = None) -> None:
-        attempts = mail["attempts"] + 1
-        age = time.time() - mail["created_at"]
+        attempts = mail.attempts + 1
+        age = time.time() - mail.created_at
         if permanent or age >= self.settings.max_lifetime:
             await self._record(mail, "failed", error)
             return
         delay = min(self.settings.retry_initial * 2 ** (attempts - 1), self.settings.retry_max)
         log.warning("email %s to %s not delivered (try %d: %s); next try in %.0fs",
-                    mail["email_id"], ", ".join(mail["rcpt_to"]), attempts, error, delay)
-
-        async def work(db: aiosqlite.Connection) -> None:
-            await outbound_sql.finish(db, mail["email_id"], state="queued", attempts=attempts,
-                                      error=error, next_attempt_at=time.time() + delay,
-                                      pending=pending)
-        await self.store.write(work)
+                    mail.email_id, ", ".join(mail.rcpt_to), attempts, error, delay)
+        await self.queue.finish(mail, state="queued", error=error,
+                                next_attempt_at=time.time() + delay, pending=pending)
         if self.on_result:
             self.on_result("deferred")
 
-    async def _record(self, mail: dict, state: str, error: str | None, *,
+    async def _record(self, mail: OutboundMail, state: str, error: str | None, *,
                       signed: str | None = None, relay: str | None = None) -> None:
-        async def work(db: aiosqlite.Connection) -> None:
-            await outbound_sql.finish(db, mail["email_id"], state=state,
-                                      attempts=mail["attempts"] + 1, error=error,
-                                      next_attempt_at=time.time())
-            await Txn(db).emit(f"outbound.{state}", ref=mail["ref"], email_id=mail["email_id"],
-                               recipients=mail["rcpt_to"], error=error, dkim=signed,
-                               relay=relay)
-        await self.store.write(work)
+        await self.queue.finish(mail, state=state, error=error, next_attempt_at=time.time(),
+                                event=(f"outbound.{state}",
+                                       {"recipients": list(mail.rcpt_to), "error": error,
+                                        "dkim": signed, "relay": relay}))
         if state == "failed":
-            log.error("email %s to %s failed permanently: %s", mail["email_id"],
-                      ", ".join(mail["rcpt_to"]), error)
+            log.error("email %s to %s failed permanently: %s", mail.email_id,
+                      ", ".join(mail.rcpt_to), error)
         if self.on_result:
             self.on_result(state)
 
@@ -342,6 +331,6 @@ class Delivery(Worker):
         while time.monotonic() < deadline:
             self.wake()
             await asyncio.sleep(0.05)
-            if not await self.store.read(outbound_sql.queued):
+            if not await self.queue.queued():
                 return
         raise TimeoutError("outbound queue did not drain")

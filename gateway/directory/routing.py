@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Iterable, Sequence
 
-from gateway.directory import normalize_address
+from gateway.directory.addresses import normalize_address
 from gateway.model import Connector, Route, RouteRules
 
 WILDCARD = "*"

@@ -10,20 +10,21 @@ A failure is a *result*, not an error: the test ran and the server said no, so t
 answer is ``(False, the server's words)`` exactly as they came — that is what the
 admin needs to fix the connector. The last result is kept (``connector_tests``)
 because enabling an incoming connector whose last test failed is refused unless
-forced (``DirectoryOps.update_connector``).
+forced (``directory.ops.DirectoryOps.update_connector``).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Any
 
 import aiosmtplib
 
-from gateway.directory_ops import ConnectorEntry
-from gateway.protocols.mailbox import Credentials, MailboxError, open_mailbox, tls_context
-from storage import directory_sql
+from gateway.directory.ops import DirectoryOps
+from gateway.model import ConnectorEntry
+from gateway.polling.mailboxes import open_mailbox
+from gateway.protocols.mailbox import Credentials, MailboxError
+from gateway.tls import tls_context
 
 log = logging.getLogger("mailgate.connector_test")
 
@@ -46,17 +47,13 @@ async def run_test(entry: ConnectorEntry, *, timeout: float = 30) -> Result:
     return all(ok for ok, _ in parts), "; ".join(detail for _, detail in parts)
 
 
-async def test_and_record(ops: Any, entry: ConnectorEntry, *, timeout: float = 30
+async def test_and_record(ops: DirectoryOps, entry: ConnectorEntry, *, timeout: float = 30
                           ) -> tuple[bool, str, float]:
-    """Run the test, then keep its result through the store's single writer (the
-    directory snapshot is not touched: a test changes no setting)."""
+    """Run the test, then keep its result (a test changes no setting)."""
     ok, detail = await run_test(entry, timeout=timeout)
     at = time.time()
     name = entry.connector.name
-
-    async def job(db) -> None:
-        await directory_sql.save_test(db, name, ok, detail, at)
-    await ops.store.write(job)
+    await ops.record_test(name, ok, detail, at)
     log.log(logging.INFO if ok else logging.WARNING, "connector %s test %s: %s", name,
             "passed" if ok else "failed", detail)
     return ok, detail, at

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from typing import Any, Callable, Iterable
 
-from gateway import presets
+from gateway.directory import presets
 from gateway.model import POLL_FIELDS, POLLED_PROTOCOLS, Connector
 
 MAX_FOLDERS = 100

@@ -19,13 +19,13 @@ import re
 import tomllib
 from typing import Any
 
-from gateway import presets, route_bands
-from gateway.connector_checks import (POLL_CHECKS, connector_problems, implied_protocol,
+from gateway.directory import presets, rules
+from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems, implied_protocol,
                                       used_settings, with_preset)
-from gateway.directory import normalize_address
+from gateway.directory.addresses import normalize_address
 from gateway.model import (CONNECTOR_DEFAULTS, POLL_FIELDS, SECRET_FIELDS, Connector, Route,
                            RouteRules, RouteTarget)
-from gateway.routes import validate_route
+from gateway.directory.routing import validate_route
 
 FORMAT = 1
 REQUIRED = object()
@@ -310,12 +310,12 @@ class _Checker:
                          "fallback = true and its primary address or \"*\"")
         ahead: Route | None = None
         for j, route in sorted(self.placed.get(name, []), key=lambda p: p[1].order):
-            band, names = route_bands.band(route), route_bands.BAND_NAMES
-            if ahead and band < route_bands.band(ahead):
+            band, names = rules.band(route), rules.BAND_NAMES
+            if ahead and band < rules.band(ahead):
                 self.problem("routes", j, "order", f"route {route.name!r}: R-R5: order "
                              f"{route.order} is after route {ahead.name!r} (order {ahead.order})"
-                             f", but {names[band]} come before {names[route_bands.band(ahead)]}")
-            elif not ahead or band > route_bands.band(ahead):
+                             f", but {names[band]} come before {names[rules.band(ahead)]}")
+            elif not ahead or band > rules.band(ahead):
                 ahead = route
 
     def contact(self, i: int, v: dict, seen: dict[str, int]) -> None:

@@ -6,8 +6,8 @@ opens a session with the mailbox and, folder by folder:
 1. lists the messages by their stable key (IMAP ``uidvalidity:uid``, POP3
    UIDL, Graph id);
 2. fetches, in batches, those the ``polled`` table does not know;
-3. journals them: each copy carries its key, and the journal writes the key in
-   the same fsynced commit as the copy (``Copy.poll_key``);
+3. journals them through intake: each copy carries its key, and the journal writes
+   the key in the same fsynced commit as the copy (``Copy.poll_key``);
 4. removes them from the server (or, with ``keep_on_server``, marks them seen),
    REMOVE_BATCH at a time, each only after its commit returned.
 
@@ -39,13 +39,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterator
 
-from gateway.intake import scan_message_id
-from gateway.model import Connector, Copy
-from gateway.protocols.mailbox import (Credentials, Mailbox, MailboxError, WatchUnsupported,
-                                       open_mailbox)
-from storage import poll_sql
-from storage.sqlite import SqliteStore, StoreError
-from storage.txn import Txn
+from gateway.model import Connector
+from gateway.polling.mailboxes import open_mailbox
+from gateway.protocols.mailbox import Credentials, Mailbox, MailboxError, WatchUnsupported
+from storage.base import Store, StoreError
 
 log = logging.getLogger("mailgate.poller")
 
@@ -63,7 +60,9 @@ STOP_GRACE = 5.0            # seconds a stopping poller may spend logging out
 IDLE_RETRY = 30             # seconds before a failed IDLE watcher reconnects (then doubling)
 IDLE_STABLE = 300           # seconds an IDLE watch must have held for the pause to reset
 
-Journal = Callable[[list[Copy]], Awaitable[list[int]]]
+# Intake's door for polled mail: (connector, source, folder, [(stored key, raw)]) → ids,
+# once durably committed (``Intake.accept_polled``).
+Journal = Callable[[str, str, str, list[tuple[str, bytes]]], Awaitable[list[int]]]
 
 
 @dataclass
@@ -143,11 +142,12 @@ def backoff(failures: int, interval: int) -> float:
 class Poller:
     """Polls one connector's mailbox until stopped."""
 
-    def __init__(self, store: SqliteStore, connector: Connector, credentials: Credentials,
+    def __init__(self, store: Store, connector: Connector, credentials: Credentials,
                  journal: Journal, *, mailbox: Mailbox | None = None,
                  new_mailbox: Callable[[], Mailbox] | None = None, batch: int = BATCH,
                  observe: Callable[[PollerStatus, float, bool], None] | None = None,
                  timeout: float | None = None, max_size: int | None = None):
+        self.ledger = store.polls           # which messages are journaled (R-I4)
         self.store = store
         self.connector = connector
         self.credentials = credentials
@@ -366,11 +366,9 @@ class Poller:
 
     async def _emit(self, event_type: str, **data: object) -> None:
         """One event per change of health, so a host can alert (R-X1)."""
-        async def work(db) -> None:
-            await Txn(db).emit(event_type, connector=self.connector.name,
-                               protocol=self.connector.protocol, **data)
         try:
-            await self.store.write(work)
+            await self.store.emit(event_type, connector=self.connector.name,
+                                  protocol=self.connector.protocol, **data)
         except Exception as exc:  # the store may be the very thing that fails
             log.error("poller %s: cannot record %s: %s", self.connector.name, event_type, exc)
 
@@ -395,21 +393,18 @@ class Poller:
     async def _poll_folder(self, mailbox: Mailbox, folder: str, result: RoundResult) -> None:
         name, scope = self.connector.name, self.scope
         present = await mailbox.keys(folder)
-        known, polled_before, foreign = await self.store.read(
-            lambda db: poll_sql.known(db, name, folder, scope))
-        if foreign:     # keys of a mailbox this connector no longer points at
-            await self.store.write(lambda db: poll_sql.forget(db, name, folder, foreign),
-                                   durable=False)
-        if not polled_before and self.connector.start_from == "now":
-            await self.store.write(lambda db: poll_sql.mark(db, name, folder, scope, present,
-                                                            time.time()))
+        ledger = await self.ledger.known(name, folder, scope)
+        known = ledger.known
+        if ledger.foreign:      # keys of a mailbox this connector no longer points at
+            await self.ledger.forget(name, folder, list(ledger.foreign))
+        if not ledger.polled_before and self.connector.start_from == "now":
+            await self.ledger.mark(name, folder, scope, present)
             result.skipped += len(present)
             log.info("poller %s: %s first polled with start_from=now: %d message(s) left "
                      "as they are (R-B5)", name, folder, len(present))
             return
-        if not polled_before:
-            await self.store.write(lambda db: poll_sql.mark(db, name, folder, scope, [],
-                                                            time.time()))
+        if not ledger.polled_before:
+            await self.ledger.mark(name, folder, scope, [])
         # Journaled before, still on the server: the delete of an earlier round did not
         # happen (crash, dropped session). With keys the server never reuses (IMAP
         # uidvalidity:uid, Graph ids) remove it now and never journal it again. A POP3
@@ -438,11 +433,9 @@ class Poller:
                     await self._remove(mailbox, folder, pending, result)
                     pending = []
                 if fetched:
-                    copies = [Copy(raw=f.raw, connector=name, source=mailbox.source,
-                                   message_id=scan_message_id(f.raw), folder_path=folder,
-                                   poll_key=scope + f.key) for f in fetched]
-                    committing = ([f.key for f in fetched],
-                                  asyncio.ensure_future(self.journal(copies)))
+                    stored = [(scope + f.key, f.raw) for f in fetched]
+                    committing = ([f.key for f in fetched], asyncio.ensure_future(
+                        self.journal(name, mailbox.source, folder, stored)))
             if committing is not None:
                 await self._committed(folder, *committing, result, pending)
                 committing = None
@@ -459,6 +452,4 @@ class Poller:
             await mailbox.remove(folder, half_removed)      # flagged, never expunged
         removed.difference_update(gone)
         if gone:
-            await self.store.write(
-                lambda db: poll_sql.forget(db, name, folder, [scope + k for k in gone]),
-                durable=False)
+            await self.ledger.forget(name, folder, [scope + k for k in gone])

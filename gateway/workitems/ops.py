@@ -1,36 +1,26 @@
-"""Host operations on work items and the directory (R-W3, R-C1, R-R*), for Python and HTTP.
+"""Host operations on work items (R-W3) and agents' mail (R-O6), for Python and HTTP.
 
-Each operation runs as one job on the store's single writer, so it is
-serialised with the pipeline: a transition and a message for the same item
-never interleave. The rules themselves are the pure functions of
-``gateway.workitems`` and ``gateway.routes``; this module loads, checks,
-saves and emits the events (R-E6).
+Each operation is one transaction of the store's, so it is serialised with the
+pipeline: a transition and a message for the same item never interleave. The
+rules themselves are the pure functions of ``workitems.rules``; this module
+loads, checks, saves and emits the events (R-E6).
 """
 from __future__ import annotations
 
 import uuid
-from typing import Any, Awaitable, Callable
 
-import aiosqlite
-
-from gateway import workitems
-from gateway.model import Connector, Route, RouteTarget, WorkItem
-from gateway.routes import validate_route
-from gateway.workitems import Effects, RuleViolation
-from storage import directory_sql
-from storage.sqlite import SqliteStore
-from storage.txn import Txn
+from gateway.directory.snapshot import Directory
+from gateway.model import Connector, RuleViolation, WorkItem
+from gateway.outbound.compose import compose_agent_mail, plain_address, plus_tagged
+from gateway.pipeline.context import PipelineSettings
+from gateway.workitems import rules as workitems
+from gateway.workitems.rules import Effects
+from storage.base import Store, Txn
 
 
-class Operations:
-    def __init__(self, store: SqliteStore, on_directory_change: Callable[[], Awaitable[None]]):
+class WorkItemOps:
+    def __init__(self, store: Store):
         self.store = store
-        self.on_directory_change = on_directory_change
-
-    async def _in_txn(self, work: Callable[[Txn], Awaitable[Any]]) -> Any:
-        async def job(db: aiosqlite.Connection) -> Any:
-            return await work(Txn(db))
-        return await self.store.write(job)
 
     @staticmethod
     async def _save(txn: Txn, effects: Effects, event_data: dict | None = None) -> None:
@@ -70,12 +60,16 @@ class Operations:
                                        send_automated_emails=send_automated_emails)
             await self._save(txn, effects)
             return effects.item(ref)
-        return await self._in_txn(work)
+        return await self.store.transaction(work)
 
     async def workitem(self, ref: str) -> WorkItem | None:
-        async def work(db: aiosqlite.Connection) -> WorkItem | None:
-            return await Txn(db).workitem(workitems.canonical_ref(ref) or ref)
-        return await self.store.read(work)
+        canonical = workitems.canonical_ref(ref) or ref
+        return await self.store.read(lambda t: t.workitem(canonical))
+
+    async def workitems(self, *, connector: str | None = None, state: str | None = None,
+                        mode: str | None = None, limit: int = 1000) -> list[WorkItem]:
+        return await self.store.read(lambda t: t.workitems(connector=connector, state=state,
+                                                           mode=mode, limit=limit))
 
     async def transition(self, ref: str, state: str, wait_type: str | None = None) -> WorkItem:
         async def work(txn: Txn) -> WorkItem:
@@ -83,7 +77,7 @@ class Operations:
             effects = workitems.transition(item, state, wait_type)
             await self._save(txn, effects)
             return effects.item(item.ref)
-        return await self._in_txn(work)
+        return await self.store.transaction(work)
 
     async def split(self, ref: str, children: int) -> list[WorkItem]:
         if isinstance(children, bool) or not isinstance(children, int) \
@@ -97,7 +91,7 @@ class Operations:
             effects = workitems.split(item, refs, [str(uuid.uuid4()) for _ in refs])
             await self._save(txn, effects, {"split_from": item.ref})
             return [effects.item(r) for r in refs]
-        return await self._in_txn(work)
+        return await self.store.transaction(work)
 
     async def merge(self, refs: list[str], into: str) -> WorkItem:
         async def work(txn: Txn) -> WorkItem:
@@ -106,7 +100,7 @@ class Operations:
             effects = workitems.merge(sources, target)
             await self._save(txn, effects)
             return effects.item(target.ref)
-        return await self._in_txn(work)
+        return await self.store.transaction(work)
 
     async def convert(self, ref: str) -> WorkItem:
         """A Ticket becomes a Case; returns the Case."""
@@ -116,7 +110,7 @@ class Operations:
             effects = workitems.convert(ticket, case_ref, str(uuid.uuid4()))
             await self._save(txn, effects, {"converted_from": ticket.ref})
             return effects.item(case_ref)
-        return await self._in_txn(work)
+        return await self.store.transaction(work)
 
     async def link(self, ref: str, other: str) -> WorkItem:
         async def work(txn: Txn) -> WorkItem:
@@ -124,7 +118,7 @@ class Operations:
             effects = workitems.link(a, b)
             await self._save(txn, effects)
             return effects.item(a.ref)
-        return await self._in_txn(work)
+        return await self.store.transaction(work)
 
     async def set_parent(self, ref: str, parent: str | None) -> WorkItem:
         async def work(txn: Txn) -> WorkItem:
@@ -141,11 +135,12 @@ class Operations:
             effects = workitems.set_parent(child, parent_item, known.get)
             await self._save(txn, effects)
             return effects.item(child.ref)
-        return await self._in_txn(work)
+        return await self.store.transaction(work)
 
     async def send_email(self, ref: str, *, to: list[str], subject: str, body: str,
-                         cc: list[str] = (), settings=None, connector: Connector | None = None,
-                         in_reply_to: str | None = None, directory=None,
+                         settings: PipelineSettings, directory: Directory | None = None,
+                         cc: list[str] = (), connector: Connector | None = None,
+                         in_reply_to: str | None = None,
                          share_with_linked: bool = False,
                          attachments: list[tuple[str, str, bytes]] = ()) -> tuple[int, str]:
         """R-O6: an agent's mail, appended to the item as outgoing and queued for delivery;
@@ -153,8 +148,6 @@ class Operations:
         R-O2: in modes mixed/plus_only a gateway address in To/Cc that belongs to the
         connector of a linked item carries that item's tag, so the copy lands there.
         Returns (email id, Message-ID)."""
-        from gateway.outbound import compose_agent_mail, plain_address, plus_tagged
-
         for field, addresses in (("to", to), ("cc", cc)):
             bad = [a for a in addresses if not plain_address(a)]
             if bad or (field == "to" and not addresses):
@@ -198,134 +191,15 @@ class Operations:
                     await txn.attach_email(linked_ref, email_id, "sent")
             await txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=False)
             return email_id, message_id
-        return await self._in_txn(work)
+        return await self.store.transaction(work)
 
     async def workitem_emails(self, ref: str) -> list[int]:
-        async def work(db: aiosqlite.Connection) -> list[int]:
-            return await Txn(db).item_email_ids(workitems.canonical_ref(ref) or ref)
-        return await self.store.read(work)
-
-    # -- directory (R-C1, R-R*) ------------------------------------------------------
-
-    async def add_connector(self, connector: Connector, *, fallback_kind: str = "Ticket",
-                            send_automated_emails: bool = False,
-                            with_fallback: bool = True, username: str | None = None,
-                            password: str | None = None,
-                            secrets: dict | None = None) -> Route | None:
-        """Create a connector with its fallback route (R-R7: every connector has exactly one;
-        R-C2: it cannot be enabled without one). Returns the fallback route. A polled
-        connector brings its login: ``username``, ``password`` and the Graph ``secrets``."""
-        async def work(txn: Txn) -> Route:
-            await directory_sql.save_connector(txn.db, connector, username, password, txn.now,
-                                               create=True, secrets=secrets)
-            if not with_fallback:
-                return None
-            return await _ensure_fallback(txn, connector, fallback_kind, send_automated_emails)
-        route = await self._in_txn(work)
-        await self.on_directory_change()
-        return route
-
-    async def delete_connector(self, name: str) -> bool:
-        """Remove a connector and its routes; its work items and emails stay."""
-        async def work(txn: Txn) -> bool:
-            if await directory_sql.connector(txn.db, name) is None:
-                return False
-            await directory_sql.delete_connector(txn.db, name)
-            return True
-        deleted = await self._in_txn(work)
-        await self.on_directory_change()
-        return deleted
-
-    async def add_route(self, route: Route) -> Route:
-        """R-R1..R-R7 checks that need no store state beyond the connector's routes; a new
-        route goes to the end of its band (non-wildcard, then wildcard, before the fallback)."""
-        async def work(txn: Txn) -> Route:
-            connector = await _connector(txn, route.connector)
-            existing = await txn.routes(route.connector)
-            problems = validate_route(route, connector, existing)
-            if problems:
-                rule, field, message = problems[0]
-                raise RuleViolation(rule, message, field)
-            order = _end_of_band(existing, route)
-            saved = Route(**{**_route_fields(route), "id": 0, "order": order})
-            await _shift_fallback(txn, existing, order)
-            route_id = await txn.save_route(saved)
-            return Route(**{**_route_fields(saved), "id": route_id})
-        route = await self._in_txn(work)
-        await self.on_directory_change()
-        return route
-
-    async def search_routes(self, connector: str, q: str) -> list[Route]:
-        """R-R6: routes whose address, process or ticket category starts with ``q``."""
-        async def work(db: aiosqlite.Connection) -> list[Route]:
-            needle = q.strip().lower()
-            return [r for r in await Txn(db).routes(connector)
-                    if any(field.lower().startswith(needle) for field in
-                           (r.email_address, r.target.process, r.target.ticket_category))]
-        return await self.store.read(work)
-
-    async def set_processes(self, names: list[str]) -> None:
-        """R-R8: the host says which processes exist; routes naming others get flagged."""
-        async def work(txn: Txn) -> None:
-            await txn.set_processes(names)
-        await self._in_txn(work)
-
-    async def flagged_routes(self) -> list[tuple[Route, str]]:
-        """R-R8 (and R-R7): routes that keep working but need an admin's look, with why."""
-        async def work(db: aiosqlite.Connection) -> list[tuple[Route, str]]:
-            txn = Txn(db)
-            known = await txn.processes()
-            flagged = []
-            for route in await txn.routes():
-                if known and route.target.process and route.target.process not in known:
-                    flagged.append((route, f"R-R8: process {route.target.process!r} "
-                                           "no longer exists"))
-            return flagged
-        return await self.store.read(work)
-
-    async def add_contact(self, pattern: str, company: str) -> None:
-        await self._in_txn(lambda txn: txn.save_contact(pattern, company))
-        await self.on_directory_change()
+        canonical = workitems.canonical_ref(ref) or ref
+        return await self.store.read(lambda t: t.item_email_ids(canonical))
 
 
 async def _connector(txn: Txn, name: str) -> Connector:
-    found = await directory_sql.connector(txn.db, name)
+    found = await txn.connector_entry(name)
     if found is None:
         raise LookupError(f"no connector {name!r}")
-    return found[0]
-
-
-async def _ensure_fallback(txn: Txn, connector: Connector, kind: str,
-                           send_automated_emails: bool) -> Route:
-    existing = [r for r in await txn.routes(connector.name) if r.fallback]
-    if existing:
-        return existing[0]
-    route = Route(id=0, name=f"{connector.name} fallback", connector=connector.name,
-                  email_address=connector.primary_address, order=1_000_000,
-                  target=RouteTarget(kind=kind), send_automated_emails=send_automated_emails,
-                  fallback=True)
-    route_id = await txn.save_route(route)
-    return Route(**{**_route_fields(route), "id": route_id})
-
-
-def _route_fields(route: Route) -> dict:
-    return {name: getattr(route, name) for name in Route.__dataclass_fields__}
-
-
-def _band(route: Route) -> int:
-    """R-R5: 0 non-wildcard, 1 wildcard, 2 fallback."""
-    return 2 if route.fallback else (1 if route.wildcard else 0)
-
-
-def _end_of_band(existing: list[Route], route: Route) -> int:
-    band = _band(route)
-    same_or_before = [r.order for r in existing if _band(r) <= band and not r.fallback]
-    return max(same_or_before, default=0) + 1
-
-
-async def _shift_fallback(txn: Txn, existing: list[Route], order: int) -> None:
-    """Keep every wildcard after every exact route, and the fallback last."""
-    for other in existing:
-        if other.order >= order:
-            moved = Route(**{**_route_fields(other), "order": other.order + 1})
-            await txn.save_route(moved)
+    return found.connector

@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from gateway.config import Webhook
-from storage.sqlite import SqliteStore
+from storage.base import Store
 
 log = logging.getLogger("mailgate.webhooks")
 
@@ -38,7 +38,7 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class WebhookSender:
-    def __init__(self, store: SqliteStore, hook: Webhook, *, backoff_start: float = BACKOFF_START):
+    def __init__(self, store: Store, hook: Webhook, *, backoff_start: float = BACKOFF_START):
         self.store = store
         self.hook = hook
         self.secret = hook.secret or Path(hook.secret_file).read_text().strip()

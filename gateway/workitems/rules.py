@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
 
-from gateway.model import KIND_LETTERS, LETTER_KINDS, MODES, STATES, WAIT_TYPES, WorkItem
+from gateway.model import (KIND_LETTERS, LETTER_KINDS, MODES, STATES, WAIT_TYPES, RuleViolation,
+                           WorkItem)
 
 REF_PATTERN = re.compile(r"^(?P<number>[0-9]+)-(?P<letter>[TCA])\Z")
 REF_IN_TEXT = re.compile(r"\b(?P<number>[0-9]+)-(?P<letter>[TCA])\b")
@@ -21,14 +22,6 @@ ALLOWED_PARENTS = {"Ticket": ("Ticket",), "Case": ("Case", "Ticket"), "Action": 
 OPEN_STATES = ("DRAFT", "TO_DO", "IN_PROGRESS", "WAITING")
 
 Lookup = Callable[[str], "WorkItem | None"]
-
-
-class RuleViolation(ValueError):
-    """A request that breaks a numbered rule; the API answers 4xx naming ``rule``."""
-
-    def __init__(self, rule: str, message: str, field: str | None = None):
-        super().__init__(f"{rule}: {message}")
-        self.rule, self.message, self.field = rule, message, field
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,11 @@
-"""R-R5 bands and R-C5 history diffs: the pure parts of the directory API."""
+"""R-R5 bands and R-C5 history diffs: the pure parts of the directory's write door."""
 from __future__ import annotations
 
 import pytest
 
-from gateway import activity, route_bands
-from gateway.model import Route
-from gateway.workitems import RuleViolation
+from gateway.directory import activity
+from gateway.directory import rules as route_bands
+from gateway.model import Route, RuleViolation
 
 
 def route(rid: int, address: str, order: int, fallback: bool = False) -> Route:

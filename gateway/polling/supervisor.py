@@ -10,16 +10,12 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from gateway.model import Connector
-from gateway.poller import Journal, Poller, PollerStatus
+from gateway.model import Connector, ConnectorEntry
+from gateway.polling.poller import Journal, Poller, PollerStatus
 from gateway.protocols.mailbox import Credentials
-from storage.sqlite import SqliteStore
+from storage.base import Store
 
 log = logging.getLogger("mailgate.poller")
-
-# (connector, username, password, secrets) as storage.directory_sql returns them
-Row = tuple[Connector, str | None, str | None, dict]
-
 
 def wants_poller(connector: Connector) -> bool:
     return (connector.enabled and connector.polled
@@ -27,7 +23,7 @@ def wants_poller(connector: Connector) -> bool:
 
 
 class Pollers:
-    def __init__(self, store: SqliteStore, journal: Journal, *,
+    def __init__(self, store: Store, journal: Journal, *,
                  observe: Callable[[PollerStatus, float, bool], None] | None = None,
                  forget: Callable[[str, str], None] | None = None,
                  timeout: float | None = None, mailbox_factory: Callable | None = None,
@@ -39,43 +35,43 @@ class Pollers:
         self.observe = observe
         self.forget = forget
         self.timeout = timeout
-        self.running: dict[str, tuple[Row, Poller]] = {}
+        self.running: dict[str, tuple[ConnectorEntry, Poller]] = {}
         self.started = False
         # Two directory changes at once (two API calls) must not both replace a poller:
         # the loser's poller would poll on, unseen, beside the winner's.
         self._syncing = asyncio.Lock()
 
-    async def sync(self, load: Callable[[], Awaitable[list[Row]]]) -> None:
+    async def sync(self, load: Callable[[], Awaitable[list[ConnectorEntry]]]) -> None:
         """Start, restart and stop pollers to match the directory ``load()`` returns.
         The directory is read under the lock, so the last sync always applies the
         newest directory."""
         async with self._syncing:
             await self._sync(await load())
 
-    async def _sync(self, rows: list[Row]) -> None:
-        wanted = {row[0].name: row for row in rows if wants_poller(row[0])}
+    async def _sync(self, entries: list[ConnectorEntry]) -> None:
+        wanted = {e.connector.name: e for e in entries if wants_poller(e.connector)}
         carried: dict[str, PollerStatus] = {}
         for name in list(self.running):
-            row, poller = self.running[name]
-            if wanted.get(name) != row:
+            entry, poller = self.running[name]
+            if wanted.get(name) != entry:
                 await poller.stop()
                 del self.running[name]
                 # A fixed password restarts the poller; its health history goes on, so the
                 # next good round reports the recovery (one event per failure spell).
                 carried[name] = poller.status
                 if name not in wanted and self.forget is not None:
-                    self.forget(name, row[0].protocol)
+                    self.forget(name, entry.connector.protocol)
                 log.info("poller %s: stopped (%s)", name,
                          "settings changed" if name in wanted else "disabled or deleted")
-        for name, row in wanted.items():
+        for name, entry in wanted.items():
             if name in self.running:
                 continue
-            connector = row[0]
+            connector = entry.connector
             if not connector.tls_verify:
                 log.warning("poller %s: TLS certificate verification is DISABLED for %s "
                             "(tls_verify = false, R-C4)", name, connector.host or "graph")
             try:
-                credentials = Credentials.of(*row[1:])
+                credentials = Credentials.of(entry.username, entry.password, entry.secrets)
                 factory = self.mailbox_factory
                 new_mailbox = (None if factory is None else
                                lambda c=connector, creds=credentials: factory(c, creds))
@@ -90,7 +86,7 @@ class Pollers:
                 previous.state = "failing" if previous.failures else "starting"
                 poller.status = previous
             poller.start()
-            self.running[name] = (row, poller)
+            self.running[name] = (entry, poller)
             log.info("poller %s: polling %s %s every %ds", name, connector.protocol,
                      ", ".join(connector.folders), connector.poll_interval)
 

@@ -13,7 +13,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 from gateway.worker import Worker
-from storage.sqlite import SqliteStore
+from storage.base import Store
 
 log = logging.getLogger("mailgate.events")
 
@@ -23,7 +23,7 @@ Callback = Callable[[dict], Any | Awaitable[Any]]
 class EventDispatcher(Worker):
     name = "events"
 
-    def __init__(self, store: SqliteStore):
+    def __init__(self, store: Store):
         super().__init__()
         self.store = store
         self.subscribers: list[tuple[Callback, frozenset[str] | None]] = []
