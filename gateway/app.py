@@ -36,7 +36,7 @@ from gateway.listeners import Listener, listen
 from gateway.model import Connector, ConnectorEntry, Route, WorkItem
 from gateway.outbound.delivery import Delivery
 from gateway.outbound.dkim import DkimSigner
-from gateway.pipeline.classify import CLASSIFIER, read_classifier
+from gateway.mail_classes import CLASSIFIER, read_classifier
 from gateway.pipeline.context import PipelineSettings
 from gateway.pipeline.runner import Runner
 from gateway.polling.supervisor import Pollers
@@ -44,7 +44,7 @@ from gateway.tokens import Tokens
 from gateway.version import VERSION
 from gateway.workitems.ops import WorkItemOps
 from metrics import Metrics
-from storage.base import open_store
+from storage import open_store
 
 log = logging.getLogger("mailgate")
 
@@ -259,7 +259,7 @@ class Gateway:
         return await self.workitems.set_parent(ref, parent)
 
     async def send_email(self, ref: str, **fields) -> tuple[int, str]:
-        return await self.workitems.send_email(ref, settings=self.pipeline_settings,
+        return await self.workitems.send_email(ref, composing=self.pipeline_settings.composing,
                                                directory=self.directory, **fields)
 
     async def add_connector(self, connector: Connector, *, username: str | None = None,

@@ -14,7 +14,7 @@ never suspend (the function runs, whole, on the writer's own thread), on a
 server database they are real round trips. A transaction function must therefore
 await nothing but its transaction.
 
-``open_store(url)`` is the one place that picks a backend.
+``storage.open_store(url)`` is the one place that picks a backend.
 """
 from __future__ import annotations
 
@@ -248,19 +248,3 @@ class Store(Protocol):
 
 
 CommitObserver = Callable[[int, float, bool], None]    # copies, seconds, committed
-
-
-def sqlite_path(url: str) -> str | None:
-    """The database file of a ``sqlite:///path`` url, else None."""
-    prefix = "sqlite:///"
-    return url[len(prefix):] if url.startswith(prefix) else None
-
-
-def open_store(url: str, *, batch_max: int = 256, on_commit: CommitObserver | None = None,
-               on_write: Callable[[], None] | None = None) -> Store:
-    """The store for ``url`` (not yet opened). The one place that picks a backend."""
-    path = sqlite_path(url)
-    if path is not None:
-        from storage.sqlite import SqliteStore
-        return SqliteStore(path, batch_max=batch_max, on_commit=on_commit, on_write=on_write)
-    raise StoreError(f"storage url {url!r}: only sqlite:/// is available in this release")

@@ -20,7 +20,8 @@ import re
 
 from aiohttp import web
 
-from gateway.directory import presets, probe
+from gateway import probe
+from gateway.directory import presets
 from gateway.api.body import (ADDRESS, BOOL, Check, actor, directory_errors, json_object,
                               optional, shape_error, text)
 from gateway.api.errors import api_error

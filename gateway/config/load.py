@@ -20,7 +20,7 @@ from gateway.config.binding import _env_overrides, _Loader, _merge, _read_secret
 from gateway.config.schema import BootstrapConnector, Settings
 from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems, credential_problems,
                                       implied_protocol)
-from gateway.pipeline.classify import RulesError, read_classifier
+from gateway.mail_classes import RulesError, read_classifier
 
 
 class ConfigError(Exception):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -26,6 +27,16 @@ _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-
 _MESSAGE_ID = re.compile(r"<[^<>\s]{1,995}>")
 
 _LINE_BREAKS = re.compile(r"[\r\n\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
+
+
+@dataclass(frozen=True)
+class Composing:
+    """What the gateway's own mail takes from the settings: R-O3's Message-ID domain,
+    R-M1's matching mode and R-P2's plus tag in From, R-B1's signed tokens."""
+    domain: str = "mailgate.invalid"
+    mode: str = "off"
+    hide_plus_in_from: bool = False
+    tokens: Tokens = Tokens()
 
 
 def clean_header(value: str) -> str:

@@ -13,7 +13,7 @@ import re
 from typing import Callable
 
 from gateway.mail import Mail
-from gateway.pipeline.classify import bounce_of
+from gateway.mail_classes import bounce_of
 from gateway.pipeline.context import Context, Verdict
 
 _RETURN_PATH_NULL = re.compile(r"\s*<\s*(?:<\s*>\s*)?>\s*")

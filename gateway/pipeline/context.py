@@ -17,7 +17,8 @@ from typing import Protocol
 from gateway.directory.snapshot import Directory
 from gateway.mail import Mail
 from gateway.model import Connector, Route, TraceLine
-from gateway.pipeline.classify import CLASSIFIER, Classifier
+from gateway.outbound.compose import Composing
+from gateway.mail_classes import CLASSIFIER, Classifier
 from gateway.tokens import Tokens
 from storage.base import PipelineTxn
 
@@ -40,6 +41,12 @@ class PipelineSettings:
     reopen_window: float = 86400.0           # ... in this many seconds (0 budget: off)
     classifier: Classifier = CLASSIFIER      # R-B4: the shipped rules or [autogen] classes_file
     tokens: Tokens = Tokens()                # R-B1: signing off unless configured
+
+    @property
+    def composing(self) -> Composing:
+        """What the gateway's own mail takes from these settings."""
+        return Composing(self.message_id_domain, self.matching_mode, self.hide_plus_in_from,
+                         self.tokens)
 
 
 @dataclass

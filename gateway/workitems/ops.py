@@ -11,8 +11,7 @@ import uuid
 
 from gateway.directory.snapshot import Directory
 from gateway.model import Connector, RuleViolation, WorkItem
-from gateway.outbound.compose import compose_agent_mail, plain_address, plus_tagged
-from gateway.pipeline.context import PipelineSettings
+from gateway.outbound.compose import Composing, compose_agent_mail, plain_address, plus_tagged
 from gateway.workitems import rules as workitems
 from gateway.workitems.rules import Effects
 from storage.base import Store, Txn
@@ -138,7 +137,7 @@ class WorkItemOps:
         return await self.store.transaction(work)
 
     async def send_email(self, ref: str, *, to: list[str], subject: str, body: str,
-                         settings: PipelineSettings, directory: Directory | None = None,
+                         composing: Composing, directory: Directory | None = None,
                          cc: list[str] = (), connector: Connector | None = None,
                          in_reply_to: str | None = None,
                          share_with_linked: bool = False,
@@ -160,7 +159,7 @@ class WorkItemOps:
             shared: list[str] = []
 
             async def tagged(addresses: list[str]) -> list[str]:
-                if directory is None or settings.matching_mode not in ("mixed", "plus_only"):
+                if directory is None or composing.mode not in ("mixed", "plus_only"):
                     return list(addresses)
                 result = []
                 for address in addresses:
@@ -170,7 +169,7 @@ class WorkItemOps:
                     if match is None:
                         result.append(address)
                         continue
-                    result.append(plus_tagged(address, match.ref, settings.tokens))
+                    result.append(plus_tagged(address, match.ref, composing.tokens))
                     shared.append(match.ref)
                 return result
 
@@ -178,9 +177,8 @@ class WorkItemOps:
             message, message_id = compose_agent_mail(
                 item=item, connector=sender, to=to_tagged, cc=cc_tagged, subject=subject,
                 attachments=list(attachments),
-                body=body, in_reply_to=in_reply_to, domain=settings.message_id_domain,
-                mode=settings.matching_mode, hide_plus_in_from=settings.hide_plus_in_from,
-                tokens=settings.tokens)
+                body=body, in_reply_to=in_reply_to, domain=composing.domain, mode=composing.mode,
+                hide_plus_in_from=composing.hide_plus_in_from, tokens=composing.tokens)
             email_id = await txn.store_outgoing(
                 message.as_bytes(), connector=sender.name, message_id=message_id,
                 mail_from=sender.primary_address, rcpt_to=[*to_tagged, *cc_tagged],

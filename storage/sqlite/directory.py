@@ -7,6 +7,7 @@ transaction's connection, on its thread, and never suspend.
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any, Iterable
 
 from gateway.model import (POLL_FIELDS, SECRET_FIELDS, Connector, ConnectorEntry, Route,
@@ -70,6 +71,7 @@ def _target_json(target: RouteTarget) -> dict:
 
 class DirectorySql:
     """The directory's reads and writes (see :class:`storage.base.Txn`)."""
+    conn: sqlite3.Connection
     now: float
 
     def _one(self, sql: str, params: Iterable = ()) -> Any: ...   # SqliteTxn's

@@ -1,19 +1,18 @@
 """SQLite SQL of outgoing mail (R-O*): composing into the queue, the R-B3 budget, and
-the queue the delivery worker drains (:class:`storage.base.OutboundQueue`)."""
+the queue the delivery worker drains. A mixin of :class:`storage.sqlite.txn.SqliteTxn`;
+``storage.sqlite.ports`` offers the queue's part as :class:`storage.base.OutboundQueue`."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Iterable
+import sqlite3
+from typing import Any, Iterable
 
 from storage.base import DeliveryState, OutboundMail
 
-if TYPE_CHECKING:
-    from storage.sqlite.store import SqliteStore
-    from storage.sqlite.txn import SqliteTxn
-
 
 class OutgoingSql:
-    """Outgoing mail inside a transaction; a mixin of :class:`storage.sqlite.txn.SqliteTxn`."""
+    """Outgoing mail inside a transaction."""
+    conn: sqlite3.Connection
     now: float
 
     def _one(self, sql: str, params: Iterable = ()) -> Any: ...   # SqliteTxn's
@@ -78,38 +77,3 @@ class OutgoingSql:
                           " WHERE email_id = ?",
                           (state, attempts, error, next_attempt_at,
                            json.dumps(pending) if pending else None, email_id))
-
-
-class SqliteOutboundQueue:
-    """The delivery worker's view of the queue: each call one read or one transaction."""
-
-    def __init__(self, store: SqliteStore):
-        self.store = store
-
-    async def due(self, now: float, limit: int) -> list[OutboundMail]:
-        """Queued mail whose next try is due, oldest first, with what sending needs."""
-        return await self.store.read(lambda t: t.outbound_due(now, limit))
-
-    async def next_due(self) -> float | None:
-        return await self.store.read(lambda t: t.outbound_next_due())
-
-    async def queued(self) -> int:
-        return await self.store.read(lambda t: t.outbound_queued())
-
-    async def delivery(self, email_id: int) -> DeliveryState | None:
-        return await self.store.read(lambda t: t.outbound_delivery(email_id))
-
-    async def finish(self, mail: OutboundMail, *, state: str, error: str | None,
-                     next_attempt_at: float, pending: list[str] | None = None,
-                     event: tuple[str, dict] | None = None) -> None:
-        """The outcome of a try, with its event when one is given. ``pending``: the
-        recipients a later try is for, when a relay refused only some of them for now
-        (the others have the mail)."""
-        async def work(txn: SqliteTxn) -> None:
-            await txn.outbound_finish(mail.email_id, state=state, attempts=mail.attempts + 1,
-                                      error=error, next_attempt_at=next_attempt_at,
-                                      pending=pending)
-            if event is not None:
-                event_type, data = event
-                await txn.emit(event_type, ref=mail.ref, email_id=mail.email_id, **data)
-        await self.store.transaction(work)

@@ -29,8 +29,7 @@ from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 from gateway.model import Copy, EmailRecord
 from storage.base import MESSAGE_ID_COPIES, CommitObserver, JournaledCopy, StoreError
-from storage.sqlite.outbound import SqliteOutboundQueue
-from storage.sqlite.polls import SqlitePollLedger
+from storage.sqlite.ports import SqliteOutboundQueue, SqlitePollLedger
 from storage.sqlite.txn import BatchTxn, SqliteTxn
 
 log = logging.getLogger("mailgate.store")

@@ -6,8 +6,9 @@ the connection's own thread (``storage.sqlite.store``), so a pipeline batch
 of a dozen statements per copy is one thread hop, not one per statement, and
 a copy processed later in a batch sees what an earlier copy created.
 
-The directory's SQL is in ``storage.sqlite.directory``; outgoing mail in
-``storage.sqlite.outbound``; both are mixed in here.
+The directory's SQL is in ``storage.sqlite.directory``, outgoing mail's in
+``storage.sqlite.outbound`` and the poll ledger's in ``storage.sqlite.polls``; all
+are mixed in here.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gateway.model import EmailRecord, WorkItem
 from storage.base import EmailState, JournaledCopy
 from storage.sqlite.directory import DirectorySql
 from storage.sqlite.outbound import OutgoingSql
+from storage.sqlite.polls import PollSql
 
 _ITEM_COLUMNS = ("ref, kind, uuid, connector, mode, state, wait_type, new_info, parent,"
                  " split_into, merged_into, converted_to, linked, copied_from, contacts,"
@@ -68,7 +70,7 @@ def _email(row: Any) -> EmailRecord:
                        helo=helo, folder_path=folder_path)
 
 
-class SqliteTxn(DirectorySql, OutgoingSql):
+class SqliteTxn(DirectorySql, OutgoingSql, PollSql):
     """Domain reads and writes on one open transaction, run on the connection's thread."""
 
     def __init__(self, conn: sqlite3.Connection):

@@ -14,7 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from gateway.directory import probe as connector_test
+from gateway import probe as connector_test
 from tests.conftest import run_sql
 from gateway.config import BootstrapConnector
 from gateway.protocols.mailbox import MailboxError

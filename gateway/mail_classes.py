@@ -183,7 +183,7 @@ def bounce_of(mail: Mail) -> str | None:
     return None
 
 
-CLASSIFIER = load_rules(resources.files("gateway.pipeline").joinpath("mail_classes.toml")
+CLASSIFIER = load_rules(resources.files("gateway").joinpath("mail_classes.toml")
                         .read_text(encoding="utf-8"))
 
 

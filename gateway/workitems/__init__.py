@@ -1,0 +1,1 @@
+"""Tickets, Cases and Actions (R-W*, R-E*): ``rules`` are pure, ``ops`` the host operations."""
