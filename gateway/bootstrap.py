@@ -4,7 +4,8 @@ Only into an EMPTY directory: once the store has a directory it is the source of
 truth (the API and ``directory import`` change it, and a restart must not bring
 back what they removed). Seeds go through the directory's one write door with the
 actor ``config``, so they meet every check and leave the same history as a change
-made through the API.
+made through the API, and all of them in one transaction: a seed the door refuses
+leaves the directory empty, and the next start tries again.
 """
 from __future__ import annotations
 
@@ -31,17 +32,15 @@ async def seed_directory(ops: DirectoryOps, settings: Settings) -> None:
     if demo:        # the quickstart's connector acknowledges, to show what mailgate does
         entries = [ConnectorEntry(DEMO_CONNECTOR)]
     routes = [route_from_seed(seed) for seed in settings.directory.routes]
+    connectors = []
     for entry in entries:
-        name = entry.connector.name
-        own = [r for r in routes if r.connector == name]
-        fallback = next((r for r in own if r.fallback),
+        fallback = next((r for r in routes if r.connector == entry.connector.name and r.fallback),
                         dataclasses.replace(FALLBACK, send_automated_emails=demo))
-        await ops.create_connector(entry, ACTOR, fallback=fallback)
-        log.info("directory: created connector %r <%s> from %s", name,
+        connectors.append((entry, fallback))
+    await ops.create_all(connectors, [r for r in routes if not r.fallback], ACTOR)
+    for entry in entries:
+        log.info("directory: created connector %r <%s> from %s", entry.connector.name,
                  entry.connector.primary_address, settings.source)
-        for route in own:
-            if not route.fallback:
-                await ops.create_route(route, ACTOR)
 
 
 def route_from_seed(seed: BootstrapRoute) -> Route:

@@ -180,7 +180,9 @@ class Txn(Protocol):
 
 
 class PipelineTxn(Txn, Protocol):
-    """The pipeline's batch transaction: decisions wait here and are written together."""
+    """The pipeline's batch transaction: decisions, events and fingerprints wait here and
+    are written together (:meth:`flush`), at the latest when the transaction function
+    returns (:meth:`Store.decide` flushes then)."""
 
     async def still_journaled(self, email_ids: Iterable[int]) -> set[int]: ...
     async def set_outcome(self, email_id: int, *, outcome: str, reason: str | None,

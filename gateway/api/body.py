@@ -22,7 +22,6 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 ACTOR_HEADER = "X-Mailgate-Actor"
 _ACTOR = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,99}")
-ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'/=?^_`{|}~.-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
 
 
 def is_(*types: type) -> Callable[[Any], bool]:

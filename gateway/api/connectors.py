@@ -22,11 +22,12 @@ from aiohttp import web
 
 from gateway import probe
 from gateway.directory import presets
-from gateway.api.body import (ADDRESS, BOOL, Check, actor, directory_errors, json_object,
-                              optional, shape_error, text)
+from gateway.directory.addresses import is_connector_address
+from gateway.api.body import (BOOL, Check, actor, directory_errors, json_object, optional,
+                              shape_error, text)
 from gateway.api.errors import api_error
 from gateway.directory.connector_checks import (MAX_SECRET, POLL_CHECKS, connector_problems,
-                                      credential_problems, implied_protocol, with_preset)
+                                                credential_problems, implied_protocol, with_preset)
 from gateway.directory.ops import DirectoryOps
 from gateway.model import SECRET_FIELDS, Connector, ConnectorEntry
 
@@ -49,10 +50,6 @@ SENT_TO = {"password": ("host", "port", "tls", "smtp_host", "smtp_port", "smtp_t
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def _address(value: object) -> bool:
-    return isinstance(value, str) and len(value) <= 254 and bool(ADDRESS.fullmatch(value))
-
-
 SPEC: dict[str, Check] = {
     "name": (lambda v: isinstance(v, str) and bool(_NAME.fullmatch(v)),
              "letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)"),
@@ -61,9 +58,10 @@ SPEC: dict[str, Check] = {
                  f"one of {', '.join(presets.PROTOCOLS)} (implied by every service but "
                  "'other')"),
     "direction": (lambda v: v in DIRECTIONS, f"one of {', '.join(DIRECTIONS)}"),
-    "primary_address": (_address, "an address like support@example.com (no plus tag)"),
+    "primary_address": (is_connector_address,
+                        "an address like support@example.com (no plus tag)"),
     "aliases": (lambda v: isinstance(v, list) and len(v) <= MAX_ALIASES
-                and all(_address(a) for a in v),
+                and all(is_connector_address(a) for a in v),
                 f"a list of at most {MAX_ALIASES} addresses (no plus tags)"),
     "enabled": BOOL,
     "route_on_envelope": BOOL,

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.api.body import (BOOL, Check, actor, directory_errors, is_, json_object,
-                              optional, path_id, shape_error, text)
+from gateway.api.body import (BOOL, Check, actor, directory_errors, is_, json_object, optional,
+                              path_id, shape_error, text)
 from gateway.api.errors import api_error
 from gateway.directory.activity import route_snapshot
 from gateway.directory.ops import DirectoryOps

@@ -10,11 +10,9 @@ callers need not know which file a name lives in.
 from gateway.config.binding import parse_listen
 from gateway.config.load import ConfigError, load
 from gateway.config.schema import (AutogenSection, BootstrapConnector, BootstrapRoute,
-                                   DefaultGatewaySection, DirectorySection, DkimKey,
-                                   HttpSection, ListenerSection, LmtpSection, LoopsSection,
-                                   MatchingSection,
-                                   OutboundSection, Settings, SmtpSection, StorageSection,
-                                   Webhook)
+                                   DefaultGatewaySection, DirectorySection, DkimKey, HttpSection,
+                                   ListenerSection, LmtpSection, LoopsSection, MatchingSection,
+                                   OutboundSection, Settings, SmtpSection, StorageSection, Webhook)
 
 __all__ = [
     "AutogenSection", "BootstrapConnector", "BootstrapRoute", "ConfigError",

@@ -15,11 +15,13 @@ import re
 import tomllib
 from pathlib import Path
 
-from gateway.directory import presets
 from gateway.config.binding import _env_overrides, _Loader, _merge, _read_secret_files
 from gateway.config.schema import BootstrapConnector, Settings
-from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems, credential_problems,
-                                      implied_protocol)
+from gateway.directory import presets
+from gateway.directory.addresses import (NOT_A_CONNECTOR_ADDRESS, is_connector_address,
+                                         normalize_address)
+from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems,
+                                                credential_problems, implied_protocol)
 from gateway.mail_classes import RulesError, read_classifier
 
 
@@ -122,18 +124,26 @@ def _check_cross_field(settings: Settings, loader: _Loader) -> None:
                            "[[directory.routes]] needs email_address (an address of its "
                            "connector, or \"*\")")
     seen: set[str] = set()
+    owners: dict[str, str] = {}         # R-C1: address (tags, case ignored) → its connector
     for index, connector in enumerate(settings.directory.connectors):
         def problem(key: str | None, message: str, index: int = index) -> None:
             loader.problem("directory.connectors", key, message, index)
         if not connector.name or not connector.primary_address:
             problem(None, "[[directory.connectors]] needs name and primary_address")
         if connector.name in seen:
-            problem("name", f"[[directory.connectors]] name {connector.name!r} appears twice")
+            problem("name", f"R-C1: [[directory.connectors]] name {connector.name!r} appears "
+                    "twice")
         seen.add(connector.name)
-        for address in (connector.primary_address, *connector.aliases):
-            if address and not re.fullmatch(r"[^@\s]+@[^@\s]+", address):
-                problem("primary_address", f"[[directory.connectors]] {address!r} is not an "
-                        "address like support@example.com")
+        for key, address in (("primary_address", connector.primary_address),
+                             *(("aliases", a) for a in connector.aliases)):
+            if not address:
+                continue
+            owner = owners.setdefault(normalize_address(address), connector.name)
+            if not is_connector_address(address):
+                problem(key, f"R-C1: [[directory.connectors]] {address!r} "
+                        f"{NOT_A_CONNECTOR_ADDRESS}")
+            elif owner != connector.name:
+                problem(key, f"R-C1: {address} already belongs to connector {owner!r}")
         _check_seed(connector, problem)
     if settings.sqlite_path == "":
         loader.problem("storage", "url", "[storage] url names no file: "

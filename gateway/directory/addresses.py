@@ -7,7 +7,21 @@ RCPT path is one dict lookup however many connectors exist.
 """
 from __future__ import annotations
 
+import re
+
 from gateway.model import Connector
+
+# R-C1: a connector's address is a plain mailbox: no plus tag (a tag names a work item,
+# R-P1), no quoting, no comments; at most RFC 5321's 254 characters.
+_CONNECTOR_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'/=?^_`{|}~.-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+NOT_A_CONNECTOR_ADDRESS = "is not an address like support@example.com (no plus tag)"
+
+
+def is_connector_address(value: object) -> bool:
+    """R-C1: may ``value`` be a connector's primary address or alias?"""
+    return isinstance(value, str) and len(value) <= 254 \
+        and bool(_CONNECTOR_ADDRESS.fullmatch(value))
 
 
 def normalize_address(address: str) -> str:

@@ -21,8 +21,9 @@ from typing import Any
 
 from gateway.directory import presets, rules
 from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems, implied_protocol,
-                                      used_settings, with_preset)
-from gateway.directory.addresses import normalize_address
+                                                used_settings, with_preset)
+from gateway.directory.addresses import (NOT_A_CONNECTOR_ADDRESS, is_connector_address,
+                                         normalize_address)
 from gateway.model import (CONNECTOR_DEFAULTS, POLL_FIELDS, SECRET_FIELDS, Connector, Route,
                            RouteRules, RouteTarget)
 from gateway.directory.routing import validate_route
@@ -53,7 +54,6 @@ SECRETS = ("username", "password", *SECRET_FIELDS)
 SERVICES = presets.SERVICES
 # The same shapes as the directory API (gateway/api/connectors.py, body.py, directory_ops.py).
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'/=?^_`{|}~.-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
 _CONTACT = re.compile(r"(\*|[^@\s*;+]+)@[a-z0-9-]+(\.[a-z0-9-]+)*")
 _KEY = r"(?:[\w-]+|\"[^\"]*\"|'[^']*')"
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f",
@@ -220,8 +220,8 @@ class _Checker:
         name = v["name"]
         if name in self.connectors:
             first = self.line("connectors", self.connectors[name][0])
-            return self.problem("connectors", i, "name", f"connector {name!r} appears twice "
-                                f"(first at line {first})")
+            return self.problem("connectors", i, "name", f"R-C1: connector {name!r} appears "
+                                f"twice (first at line {first})")
         protocol, clash = implied_protocol(v["service"], v["protocol"])
         bad: set[str] = set()
         for key, ok, message in [
@@ -241,9 +241,9 @@ class _Checker:
                              *(("aliases", a) for a in v["aliases"])]:
             mailbox = normalize_address(address)
             owner = self.owners.setdefault(mailbox, (name, self.line("connectors", i, key)))
-            if not _ADDRESS.fullmatch(address) or len(address) > 254:
-                self.problem("connectors", i, key, f"connector {name!r}: {address!r} is not an "
-                             "address like support@example.com (no plus tag)")
+            if not is_connector_address(address):
+                self.problem("connectors", i, key, f"R-C1: connector {name!r}: {address!r} "
+                             f"{NOT_A_CONNECTOR_ADDRESS}")
             elif mailbox in mine:
                 self.problem("connectors", i, key, f"R-C1: {address} is listed twice in "
                              f"connector {name!r}")

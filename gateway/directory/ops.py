@@ -122,26 +122,19 @@ class DirectoryOps:
         """R-C1 create, with its fallback route (R-R7), so enabling it is allowed (R-C2).
         ``fallback``: what the fallback route is like (its target, acknowledgements …);
         by default it creates a Ticket and sends nothing."""
-        c = entry.connector
-        route = dataclasses.replace(
-            fallback, id=0, connector=c.name, order=1, fallback=True,
-            name=fallback.name or f"{c.name} fallback",
-            email_address=fallback.email_address or c.primary_address)
+        return await self._change(lambda txn: _create_connector(txn, entry, actor, fallback))
 
-        async def work(txn: Txn) -> ConnectorEntry:
-            if await txn.connector_entry(c.name) is not None:
-                raise Conflict("R-C1", f"connector {c.name!r} exists", "name")
-            rules.check_connector(entry)
-            rules.check_addresses_free(c, [e.connector for e in await txn.connector_entries()])
-            rules.check_route(route, c, [])
-            await txn.save_connector(entry, create=True)
-            await activity.record(txn, f"connector:{c.name}", actor, None,
-                                  connector_snapshot(entry))
-            saved = dataclasses.replace(route, id=await txn.save_route(route))
-            await activity.record(txn, f"route:{saved.id}", actor, None,
-                                  route_snapshot(saved, 1))
-            return entry
-        return await self._change(work)
+    async def create_all(self, connectors: list[tuple[ConnectorEntry, Route]],
+                         routes: list[Route], actor: str) -> None:
+        """Connectors (each with what its fallback is like) and then routes, every one
+        checked and recorded as by :meth:`create_connector` and :meth:`create_route`, in
+        ONE transaction: the config file's first start seeds all of it or nothing."""
+        async def work(txn: Txn) -> None:
+            for entry, fallback in connectors:
+                await _create_connector(txn, entry, actor, fallback)
+            for route in routes:
+                await _create_route(txn, route, actor)
+        await self._change(work)
 
     async def update_connector(self, name: str, fields: dict, actor: str, *,
                                force: bool = False) -> ConnectorEntry:
@@ -216,18 +209,7 @@ class DirectoryOps:
     async def create_route(self, route: Route, actor: str) -> tuple[Route, int]:
         """R-R5: a new route goes to the end of its band; R-R7: a fallback only when the
         connector has none (the way back after one was lost, R-C2)."""
-        async def work(txn: Txn) -> tuple[Route, int]:
-            entry = await _entry(txn, route.connector)
-            routes = await txn.routes(route.connector)
-            new = dataclasses.replace(route, id=0, order=0)
-            rules.check_route(new, entry.connector, routes)
-            new = dataclasses.replace(new, id=await txn.save_route(new))
-            ordered, order = rules.inserted(routes, new)
-            await txn.set_route_orders([(n, r.id) for n, r in enumerate(ordered, start=1)])
-            await activity.record(txn, f"route:{new.id}", actor, None,
-                                  route_snapshot(new, order))
-            return dataclasses.replace(new, order=order), order
-        return await self._change(work)
+        return await self._change(lambda txn: _create_route(txn, route, actor))
 
     async def update_route(self, route_id: int, patch: dict, actor: str) -> tuple[Route, int]:
         """R-R5: no change between wildcard and non-wildcard (delete and recreate), orders
@@ -367,6 +349,37 @@ class DirectoryOps:
         if not refused:
             await self.on_change()
         return refused
+
+
+async def _create_connector(txn: Txn, entry: ConnectorEntry, actor: str,
+                            fallback: Route) -> ConnectorEntry:
+    c = entry.connector
+    route = dataclasses.replace(
+        fallback, id=0, connector=c.name, order=1, fallback=True,
+        name=fallback.name or f"{c.name} fallback",
+        email_address=fallback.email_address or c.primary_address)
+    if await txn.connector_entry(c.name) is not None:
+        raise Conflict("R-C1", f"connector {c.name!r} exists", "name")
+    rules.check_connector(entry)
+    rules.check_addresses_free(c, [e.connector for e in await txn.connector_entries()])
+    rules.check_route(route, c, [])
+    await txn.save_connector(entry, create=True)
+    await activity.record(txn, f"connector:{c.name}", actor, None, connector_snapshot(entry))
+    saved = dataclasses.replace(route, id=await txn.save_route(route))
+    await activity.record(txn, f"route:{saved.id}", actor, None, route_snapshot(saved, 1))
+    return entry
+
+
+async def _create_route(txn: Txn, route: Route, actor: str) -> tuple[Route, int]:
+    entry = await _entry(txn, route.connector)
+    routes = await txn.routes(route.connector)
+    new = dataclasses.replace(route, id=0, order=0)
+    rules.check_route(new, entry.connector, routes)
+    new = dataclasses.replace(new, id=await txn.save_route(new))
+    ordered, order = rules.inserted(routes, new)
+    await txn.set_route_orders([(n, r.id) for n, r in enumerate(ordered, start=1)])
+    await activity.record(txn, f"route:{new.id}", actor, None, route_snapshot(new, order))
+    return dataclasses.replace(new, order=order), order
 
 
 async def _failed_test(txn: Txn, entry: ConnectorEntry) -> ConnectorTest | None:

@@ -17,7 +17,8 @@ import dataclasses
 import re
 from typing import Iterable
 
-from gateway.directory.addresses import normalize_address
+from gateway.directory.addresses import (NOT_A_CONNECTOR_ADDRESS, is_connector_address,
+                                         normalize_address)
 from gateway.directory.connector_checks import connector_problems, credential_problems
 from gateway.directory.routing import validate_route
 from gateway.model import Conflict, Connector, ConnectorEntry, Route, RuleViolation
@@ -76,8 +77,14 @@ def moved(routes: list[Route], route_id: int, order: int) -> list[tuple[int, int
 # -- connectors (R-C1) ---------------------------------------------------------------------
 
 def check_connector(entry: ConnectorEntry) -> None:
-    """R-C1, R-I6, R-B5: the connector's settings, and the login an enabled polled one
-    needs (``connector_checks``, which the API, config seeds and directory files use)."""
+    """R-C1, R-I6, R-B5: the connector's addresses and settings, and the login an enabled
+    polled one needs (``connector_checks``, which the API, config seeds and directory
+    files use)."""
+    c = entry.connector
+    for field, address in (("primary_address", c.primary_address),
+                           *(("aliases", a) for a in c.aliases)):
+        if not is_connector_address(address):
+            raise RuleViolation("R-C1", f"{address!r} {NOT_A_CONNECTOR_ADDRESS}", field)
     found = connector_problems(entry.connector) + credential_problems(
         entry.connector, entry.username, entry.password, entry.secrets)
     if found:

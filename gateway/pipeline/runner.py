@@ -172,11 +172,8 @@ class Runner(Worker):
             # Read a moment ago; a copy a person placed since (R-U1) is no longer the
             # pipeline's to decide.
             waiting = await txn.still_journaled(c.email_id for c in copies)
-            decided = [await self._process_copy(txn, copy, directory, settings,
-                                                isolate=isolate)
-                       for copy in copies if copy.email_id in waiting]
-            await txn.flush()
-            return decided
+            return [await self._process_copy(txn, copy, directory, settings, isolate=isolate)
+                    for copy in copies if copy.email_id in waiting]
 
         return await self.store.decide(decide_batch)
 
@@ -342,7 +339,6 @@ class Runner(Worker):
             await txn.set_outcome(email_id, outcome=verdict.outcome,
                                   reason=verdict.reason or None, targets=verdict.targets,
                                   trace=trace, f1=ctx.f1, connector=connector_name)
-            await txn.flush()
             return verdict
 
         return await self.store.decide(job, durable=True)

@@ -168,9 +168,11 @@ class SqliteStore:
             await self._writer.run(self._migrate)
             await self._writer.run(self._reset_ids)
             await self._reader.open()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
             await self._writer.close()
             await self._reader.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"{self.path}: {exc}") from exc
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._run_writer(), name="store-writer")
@@ -187,7 +189,11 @@ class SqliteStore:
     def _migrate(self) -> None:
         conn = self._writer.conn
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-        for number, name, sql in migrations():
+        known = migrations()
+        if known and version > known[-1][0]:
+            raise StoreError(f"{self.path}: written by a newer mailgate (schema {version}; "
+                             f"this one knows up to {known[-1][0]}): run the newer release")
+        for number, name, sql in known:
             if number <= version:
                 continue
             log.info("applying migration %s", name)
@@ -244,7 +250,11 @@ class SqliteStore:
         """The pipeline's transaction: ``work`` on a :class:`BatchTxn`. Not durable unless
         asked (a decision lost to a power cut is made again from the journal; a person's
         placing is not). With ``dry_run`` it is rolled back: ``mailgate explain``."""
-        return await self._submit(_Job(self._future(), work=work, txn=BatchTxn,
+        async def and_flush(txn: BatchTxn) -> T:
+            result = await work(txn)
+            await txn.flush()       # what waited in the batch is written with it
+            return result
+        return await self._submit(_Job(self._future(), work=and_flush, txn=BatchTxn,
                                        dry_run=dry_run, durable=durable))
 
     async def _run_writer(self) -> None:
@@ -293,27 +303,17 @@ class SqliteStore:
 
     async def _commit_copies(self, batch: list[_Job], count: int) -> None:
         started = time.perf_counter()
-        now = time.time()
-        message_rows, email_rows, results, polled_rows = [], [], [], []
         message_id, email_id = self._next_message_id, self._next_email_id
-        for job in batch:
-            stored: dict[int, int] = {}
-            ids = []
-            for copy in job.copies:
-                key = id(copy.raw)
-                if key not in stored:
-                    stored[key] = message_id
-                    message_rows.append((message_id, copy.raw, len(copy.raw), now))
-                    message_id += 1
-                email_rows.append((email_id, stored[key], copy.connector, copy.source,
-                                   copy.mail_from, json.dumps(list(copy.rcpt_to)),
-                                   copy.message_id, copy.folder_path, copy.peer, copy.helo, now))
-                if copy.poll_key is not None:
-                    polled_rows.append((copy.connector, copy.folder_path or "", copy.poll_key,
-                                        email_id, now))
-                ids.append(email_id)
-                email_id += 1
-            results.append(ids)
+        try:
+            rows, results, (message_id, email_id) = _journal_rows(batch, message_id, email_id)
+        except Exception as exc:        # a copy that cannot be a row: refused, not fatal
+            log.error("journal commit of %d copies refused: %s", count, exc)
+            error = StoreError(f"journal commit refused: {type(exc).__name__}: {exc}")
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        message_rows, email_rows, polled_rows = rows
         try:
             await self._writer.run(self._set_sync, True)
         except Exception as exc:
@@ -366,14 +366,17 @@ class SqliteStore:
     async def _run_work(self, job: _Job) -> None:
         try:
             result = await self._writer.run(self._work_on_thread, job)
-            if self.on_write is not None and not job.dry_run:
-                self.on_write()
         except Exception as exc:
             if not job.future.done():
                 job.future.set_exception(_driver_error(exc))
             return
         if not job.future.done():
             job.future.set_result(result)
+        if self.on_write is not None and not job.dry_run:
+            try:                # the change is committed whatever a listener does
+                self.on_write()
+            except Exception:
+                log.exception("store: a listener of committed changes failed")
 
     def _work_on_thread(self, job: _Job) -> Any:
         """A transaction job, whole, on the writer's thread (the writer task awaits it,
@@ -454,6 +457,33 @@ class SqliteStore:
 
     async def save_settings(self, values: dict) -> None:
         await self.transaction(lambda t: t.save_settings(values))
+
+
+def _journal_rows(batch: list[_Job], message_id: int, email_id: int
+                  ) -> tuple[tuple[list, list, list], list[list[int]], tuple[int, int]]:
+    """The rows of one journal commit (each message's bytes once, one email row per copy,
+    the poll keys), the email ids of each job, and the next free ids."""
+    now = time.time()
+    message_rows, email_rows, polled_rows, results = [], [], [], []
+    for job in batch:
+        stored: dict[int, int] = {}
+        ids = []
+        for copy in job.copies:
+            key = id(copy.raw)
+            if key not in stored:
+                stored[key] = message_id
+                message_rows.append((message_id, copy.raw, len(copy.raw), now))
+                message_id += 1
+            email_rows.append((email_id, stored[key], copy.connector, copy.source,
+                               copy.mail_from, json.dumps(list(copy.rcpt_to)),
+                               copy.message_id, copy.folder_path, copy.peer, copy.helo, now))
+            if copy.poll_key is not None:
+                polled_rows.append((copy.connector, copy.folder_path or "", copy.poll_key,
+                                    email_id, now))
+            ids.append(email_id)
+            email_id += 1
+        results.append(ids)
+    return (message_rows, email_rows, polled_rows), results, (message_id, email_id)
 
 
 def _driver_error(exc: Exception) -> Exception:

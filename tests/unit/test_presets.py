@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from gateway.directory import presets
-from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems, credential_problems,
-                                      implied_protocol, used_settings, with_preset)
+from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems,
+                                                credential_problems, implied_protocol,
+                                                used_settings, with_preset)
 from gateway.model import POLL_FIELDS, Connector
 
 

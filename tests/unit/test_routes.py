@@ -7,8 +7,8 @@ import pytest
 
 from gateway.model import Connector, Route, RouteRules
 from gateway.directory.routing import (RouteIndex, RoutingFacts, choose_routes, choose_wildcard,
-                            company_of, folder_matches, important_flag, rules_match,
-                            validate_route)
+                                       company_of, folder_matches, important_flag, rules_match,
+                                       validate_route)
 
 PRIMARY = "support@example.test"
 ALIAS = "help@example.test"

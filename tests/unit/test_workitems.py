@@ -8,10 +8,10 @@ import random
 import pytest
 
 from gateway.model import STATES, WorkItem
-from gateway.workitems.rules import (REF_IN_TEXT, REF_PATTERN, Resolution, RuleViolation, StateChange,
-                               apply_email, canonical_ref, check_new, convert, create, format_ref,
-                               link, merge, parse_ref, resolve_target, set_parent, split,
-                               transition)
+from gateway.workitems.rules import (REF_IN_TEXT, REF_PATTERN, Resolution, RuleViolation,
+                                     StateChange, apply_email, canonical_ref, check_new, convert,
+                                     create, format_ref, link, merge, parse_ref, resolve_target,
+                                     set_parent, split, transition)
 
 KINDS = {"T": "Ticket", "C": "Case", "A": "Action"}
 
