@@ -337,7 +337,7 @@ STAGE_FUNCS = [("SentIdCheck.run", "stage sent-id"), ("Dedup.run", "stage dedup"
                ("PlusAddress.run", "stage plus-address"), ("Match.run", "stage match"),
                ("Route.run", "stage route"), ("Apply.run", "stage apply")]
 CATS = [
-    ("sqlite thread (aiosqlite: SQL execution, commits)", ("Thread._bootstrap",)),
+    ("store threads (sqlite3: SQL, commits, the decided batches)", ("Thread._bootstrap",)),
     ("pipeline: parse (Mail, email package)", ("Runner._parse", "Mail.parse")),
     *[(f"pipeline: {label}", (func,)) for func, label in STAGE_FUNCS],
     ("pipeline: runner (fetch batch, savepoints, set_outcome, trace, events)",
@@ -351,8 +351,8 @@ CATS = [
 CROSS = [
     ("pipeline, all of it (Runner.process_batch)", (("Runner.process_batch",), ())),
     ("pipeline: email package parsing (any stage)", (("Runner.process_batch", "(email/"), ())),
-    ("pipeline: aiosqlite calls from the loop (submit, future, wake-up)",
-     (("Runner.process_batch", "(aiosqlite/"), ("Thread._bootstrap",))),
+    ("pipeline: store calls from the loop (submit, future, wake-up)",
+     (("Runner.process_batch", "storage/"), ("Thread._bootstrap",))),
     ("pipeline: json", (("Runner.process_batch", "(json/"), ())),
     ("intake: replies (push -> transport write)", (("push (",), ("Runner.",))),
 ]

@@ -33,10 +33,10 @@ from gateway.events.dispatcher import EventDispatcher
 from gateway.events.webhooks import WebhookSender
 from gateway.intake import Intake
 from gateway.listeners import Listener, listen
+from gateway.mail_classes import CLASSIFIER, read_classifier
 from gateway.model import Connector, ConnectorEntry, Route, WorkItem
 from gateway.outbound.delivery import Delivery
 from gateway.outbound.dkim import DkimSigner
-from gateway.mail_classes import CLASSIFIER, read_classifier
 from gateway.pipeline.context import PipelineSettings
 from gateway.pipeline.runner import Runner
 from gateway.polling.supervisor import Pollers

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Protocol, TypeVar
 
-from gateway.model import Connector, ConnectorEntry, Copy, EmailRecord, Route, WorkItem
+from gateway.model import ConnectorEntry, Copy, EmailRecord, Route, WorkItem
 
 T = TypeVar("T")
 

@@ -21,11 +21,11 @@ import re
 from aiohttp import web
 
 from gateway import probe
-from gateway.directory import presets
-from gateway.directory.addresses import is_connector_address
 from gateway.api.body import (BOOL, Check, actor, directory_errors, json_object, optional,
                               shape_error, text)
 from gateway.api.errors import api_error
+from gateway.directory import presets
+from gateway.directory.addresses import is_connector_address
 from gateway.directory.connector_checks import (MAX_SECRET, POLL_CHECKS, connector_problems,
                                                 credential_problems, implied_protocol, with_preset)
 from gateway.directory.ops import DirectoryOps

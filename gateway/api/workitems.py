@@ -15,11 +15,10 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.api.emails import _iso, email_json
 from gateway.api.body import json_object
+from gateway.api.emails import _iso, email_json
 from gateway.api.errors import api_error
-from gateway.model import MODES, STATES, WorkItem
-from gateway.model import RuleViolation
+from gateway.model import MODES, STATES, RuleViolation, WorkItem
 
 FIELDS = ("ref", "kind", "uuid", "connector", "mode", "state", "wait_type", "new_info",
           "parent", "split_into", "merged_into", "converted_to", "linked", "copied_from",

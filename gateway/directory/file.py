@@ -20,13 +20,13 @@ import tomllib
 from typing import Any
 
 from gateway.directory import presets, rules
-from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems, implied_protocol,
-                                                used_settings, with_preset)
 from gateway.directory.addresses import (NOT_A_CONNECTOR_ADDRESS, is_connector_address,
                                          normalize_address)
+from gateway.directory.connector_checks import (POLL_CHECKS, connector_problems, implied_protocol,
+                                                used_settings, with_preset)
+from gateway.directory.routing import validate_route
 from gateway.model import (CONNECTOR_DEFAULTS, POLL_FIELDS, SECRET_FIELDS, Connector, Route,
                            RouteRules, RouteTarget)
-from gateway.directory.routing import validate_route
 
 FORMAT = 1
 REQUIRED = object()

@@ -25,14 +25,9 @@ from gateway.directory.snapshot import Directory
 from gateway.model import SECRET_FIELDS, Conflict, ConnectorEntry, Route, RuleViolation
 from storage.base import ActivityLine, ConnectorTest, Contact, Store, Txn
 
+# What a new connector's fallback route is like unless told otherwise (R-R7): a Ticket,
+# no acknowledgement; its name and address are the connector's.
 FALLBACK = Route(id=0, name="", connector="", email_address="", order=0, fallback=True)
-
-
-def positions(routes: list[Route]) -> dict[int, int]:
-    """Route id → its place 1..N on its own connector (the API's ``order``, R-R5)."""
-    ranked = sorted(routes, key=lambda r: r.connector)
-    return {rid: n for _, same in groupby(ranked, lambda r: r.connector)
-            for rid, n in rules.positions(same).items()}
 
 
 async def _entry(txn: Txn, name: str) -> ConnectorEntry:
@@ -311,7 +306,7 @@ class DirectoryOps:
             if refused:
                 return refused      # nothing written yet: the transaction commits nothing
             old_routes = await txn.routes()
-            old_order = positions(old_routes)
+            old_order = rules.places(old_routes)
             for entry in connectors:
                 old = before.get(entry.connector.name)
                 new = entry if old is None else dataclasses.replace(

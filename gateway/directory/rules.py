@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from itertools import groupby
 from typing import Iterable
 
 from gateway.directory.addresses import (NOT_A_CONNECTOR_ADDRESS, is_connector_address,
@@ -39,6 +40,13 @@ def in_order(routes: Iterable[Route]) -> list[Route]:
 def positions(routes: Iterable[Route]) -> dict[int, int]:
     """Route id → its API order (1..N)."""
     return {route.id: n for n, route in enumerate(in_order(routes), start=1)}
+
+
+def places(routes: Iterable[Route]) -> dict[int, int]:
+    """Route id → its API order (1..N) on its own connector, for routes of many."""
+    ranked = sorted(routes, key=lambda r: r.connector)
+    return {rid: n for _, same in groupby(ranked, lambda r: r.connector)
+            for rid, n in positions(same).items()}
 
 
 def renumbered(routes: Iterable[Route]) -> list[tuple[int, int]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from gateway.directory.activity import route_snapshot
 from gateway.directory.file import check_directory, line_of, render
-from gateway.directory.ops import DirectoryOps, positions
+from gateway.directory.ops import DirectoryOps
+from gateway.directory.rules import places
 from gateway.model import ConnectorEntry, Route
 from storage.base import Contact, Txn
 
@@ -21,7 +22,7 @@ async def export_directory(ops: DirectoryOps) -> str:
     async def read(txn: Txn) -> tuple[list[ConnectorEntry], list[Route], list[Contact]]:
         return await txn.connector_entries(), await txn.routes(), await txn.contacts()
     entries, routes, contacts = await ops.store.read(read)
-    order = positions(routes)
+    order = places(routes)
     ranked = sorted(routes, key=lambda r: (r.connector, order[r.id]))
     return render([e.connector for e in entries],
                   [route_snapshot(r, order[r.id]) for r in ranked],

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-from gateway.workitems import rules as workitems
 from gateway.mail import Mail
 from gateway.model import Route, WorkItem
 from gateway.outbound.compose import compose_ack
 from gateway.pipeline.ack_policy import never_automated
 from gateway.pipeline.context import Context, Verdict
 from gateway.pipeline.dedup import already_received, remember
+from gateway.workitems import rules as workitems
 
 
 # R-B3: CC'd people an acknowledgement goes to (with ack_cc), at most. Anyone can write

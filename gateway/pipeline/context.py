@@ -16,9 +16,9 @@ from typing import Protocol
 
 from gateway.directory.snapshot import Directory
 from gateway.mail import Mail
+from gateway.mail_classes import CLASSIFIER, Classifier
 from gateway.model import Connector, Route, TraceLine
 from gateway.outbound.compose import Composing
-from gateway.mail_classes import CLASSIFIER, Classifier
 from gateway.tokens import Tokens
 from storage.base import PipelineTxn
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import re
 
-from gateway.workitems import rules as workitems
 from gateway.mail import Mail
 from gateway.model import WorkItem
 from gateway.pipeline.context import Context, MatchHit, Verdict
 from gateway.pipeline.sender_binding import why_not_participant
 from gateway.tokens import SIGNATURE
+from gateway.workitems import rules as workitems
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 BODY_TAG = re.compile(rf"\[WI-({_UUID})(?:\.({SIGNATURE}))?\]")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from gateway.workitems import rules as workitems
 from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
 from gateway.tokens import SIGNATURE
+from gateway.workitems import rules as workitems
 
 # R-P1 ``^\d+-[TCA]$`` with ASCII digits only (``\d`` would accept other scripts' digits),
 # at most 18 of them so a ref always fits a 64-bit integer, and the letter in either case;

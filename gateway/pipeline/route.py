@@ -6,9 +6,9 @@ wildcard band alone and the target ``*`` (R-M4).
 """
 from __future__ import annotations
 
+from gateway.directory.routing import RoutingFacts, choose_routes, choose_wildcard, company_of
 from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
-from gateway.directory.routing import RoutingFacts, choose_routes, choose_wildcard, company_of
 
 
 def routing_facts(mail: Mail, ctx: Context) -> RoutingFacts:

@@ -315,7 +315,8 @@ class SqliteStore:
             return
         message_rows, email_rows, polled_rows = rows
         try:
-            await self._writer.run(self._set_sync, True)
+            if not self._sync_full:     # after work that may be redone (no hop otherwise)
+                await self._writer.run(self._set_sync, True)
         except Exception as exc:
             log.critical("cannot set synchronous=FULL: %s; the store refuses writes", exc)
             self._broken = True

@@ -62,7 +62,7 @@ class CommitCheckingMailbox:
         await self.inner.close()
 
     async def remove(self, folder: str, keys: list[str]) -> None:
-        def committed() -> dict:
+        def committed() -> dict:        # from another connection: what is on disk
             with sqlite3.connect(self.db_path) as db:
                 return {key.split(":", 1)[1]: email_id for key, email_id in db.execute(
                     "SELECT p.key, e.id FROM polled p JOIN emails e ON e.id = p.email_id"

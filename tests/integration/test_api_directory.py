@@ -15,10 +15,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from gateway import probe as connector_test
-from tests.conftest import run_sql
 from gateway.config import BootstrapConnector
 from gateway.protocols.mailbox import MailboxError
-from tests.conftest import ADMIN_TOKEN, free_port
+from tests.conftest import ADMIN_TOKEN, free_port, run_sql
 from tests.e2e.helpers import WIRE, deliver, mail
 from tests.wire import WireClient
 

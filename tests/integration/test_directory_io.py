@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import Gateway
 from gateway.directory import activity, transfer
 from gateway.directory import file as directory_file
-from gateway.app import Gateway
 from gateway.directory.file import toml_value
 from gateway.model import Connector, Route, RouteRules, RouteTarget
 from tests.conftest import make_settings

@@ -11,8 +11,8 @@ import asyncio
 import jwt
 import pytest
 
-from gateway.protocols.graph import GraphMailbox
 from gateway.polling.mailboxes import open_mailbox
+from gateway.protocols.graph import GraphMailbox
 from gateway.protocols.mailbox import Credentials, Fetched, MailboxError
 from tests.graph_fake import CLIENT_ID, MAILBOX, GraphFake, make_client_certificate
 

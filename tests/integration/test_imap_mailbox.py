@@ -13,8 +13,8 @@ import time
 import pytest
 
 from gateway.model import Connector
-from gateway.protocols.imap import (ImapMailbox, encode_mailbox, login_name, parse_fetch, uid_set)
 from gateway.polling.mailboxes import open_mailbox
+from gateway.protocols.imap import (ImapMailbox, encode_mailbox, login_name, parse_fetch, uid_set)
 from gateway.protocols.mailbox import Credentials, MailboxError
 from tests.dovecot import DovecotInstance
 

@@ -8,8 +8,8 @@ import subprocess
 
 import aiosmtpd
 
-from tests.wire import WireClient, message
 from tests.conftest import FAIL_EMAIL_INSERTS, run_sql
+from tests.wire import WireClient, message
 
 
 def lmtp_port(gw) -> int:

@@ -12,8 +12,8 @@ from email import policy
 
 import pytest
 
-from tests.integration.postfix import PostfixInstance
 from tests.conftest import FAIL_EMAIL_INSERTS, run_sql
+from tests.integration.postfix import PostfixInstance
 
 pytestmark = pytest.mark.postfix
 

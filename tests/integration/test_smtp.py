@@ -8,8 +8,8 @@ import ssl
 import pytest
 import trustme
 
-from tests.wire import WireClient, message
 from tests.conftest import FAIL_EMAIL_INSERTS, run_sql
+from tests.wire import WireClient, message
 
 
 @pytest.fixture(scope="module")

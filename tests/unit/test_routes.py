@@ -5,10 +5,10 @@ import dataclasses
 
 import pytest
 
-from gateway.model import Connector, Route, RouteRules
 from gateway.directory.routing import (RouteIndex, RoutingFacts, choose_routes, choose_wildcard,
                                        company_of, folder_matches, important_flag, rules_match,
                                        validate_route)
+from gateway.model import Connector, Route, RouteRules
 
 PRIMARY = "support@example.test"
 ALIAS = "help@example.test"
