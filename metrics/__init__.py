@@ -13,17 +13,18 @@ import platform
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.mail_classes import CLASSES as MAIL_CLASSES
+from gateway.model import OUTCOMES as OUTCOME_NAMES
+from gateway.pipeline import STAGE_NAMES as PIPELINE_STAGES
+
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
 _SIZE_BUCKETS = (1e3, 4e3, 16e3, 64e3, 256e3, 1e6, 4e6, 16e6, 64e6)
 _COMMIT_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _STAGE_BUCKETS = (.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1, 1)
-STAGE_NAMES = ("parse", "sent-id", "dedup", "auto-generated", "plus-address", "match", "route",
-               "sender-budget", "apply")
+STAGE_NAMES = ("parse", *PIPELINE_STAGES)   # label values, created at start (none missing)
 QUEUES = ("journal", "outbound")
-MAIL_CLASSES = ("auto_reply", "bounce", "list", "notification")     # R-B4
-OUTCOME_NAMES = ("appended", "created", "ignored", "duplicate", "own_mail", "unprocessed")
 
 
 class Metrics:

@@ -20,13 +20,14 @@ import functools
 import logging
 import ssl
 import time
-from typing import Any, Awaitable, Callable, NamedTuple
+from typing import Any, Awaitable, Callable
 
 import aiosmtplib
 
 from gateway.config import OutboundSection
 from gateway.directory.addresses import normalize_address
 from gateway.model import Connector
+from gateway.protocols.relay import Relay, RelaySessions
 from gateway.tls import tls_context
 from gateway.worker import Worker
 from storage.base import OutboundMail, Store
@@ -36,76 +37,8 @@ log = logging.getLogger("mailgate.delivery")
 Signer = Callable[[bytes], tuple[bytes, str | None]]
 
 
-class Relay(NamedTuple):
-    host: str
-    port: int
-    tls: str
-    username: str
-    password: str
-    name: str
-    # a connector's own trust (R-C4: its ca_file, its explicit tls_verify), else None
-    # for the default gateway's context
-    tls_context: ssl.SSLContext | None = None
-
-
 BATCH = 100
 STORE_RETRY = 1.0           # seconds between rounds while the store refuses writes
-
-
-class _Sessions:
-    """One lane's open SMTP connections, by relay: the next mail to the same relay
-    reuses the connection (MAIL, RCPT, DATA again; aiosmtplib sends RSET after a
-    refusal). Closed when the queue runs empty."""
-
-    def __init__(self, timeout: float):
-        self.timeout = timeout
-        self._open: dict[Relay, aiosmtplib.SMTP] = {}
-
-    async def send(self, relay: Relay, context: ssl.SSLContext | None, sender: str,
-                   recipients: list[str], raw: bytes) -> dict[str, Any]:
-        """Send ``raw``; the recipients the relay refused while taking it for the others
-        (address → its reply). Raises when it took it for nobody."""
-        client = self._open.get(relay)
-        if client is not None and client.is_connected:
-            try:
-                refused, _ = await client.sendmail(sender, recipients, raw)
-                return refused
-            except aiosmtplib.SMTPServerDisconnected:
-                pass            # the relay closed the idle connection: open a new one
-            except aiosmtplib.SMTPResponseException as exc:
-                if exc.code != 421:
-                    raise
-                # 421: the relay is closing this connection (RFC 5321 3.8); a new one
-                # may well be served, and it is tried at once rather than deferred
-        await self._drop(relay)
-        client = aiosmtplib.SMTP(
-            hostname=relay.host, port=relay.port, timeout=self.timeout,
-            use_tls=relay.tls == "implicit", start_tls=relay.tls == "starttls",
-            tls_context=context, username=relay.username or None,
-            password=relay.password or None)
-        await client.connect()
-        self._open[relay] = client
-        try:
-            refused, _ = await client.sendmail(sender, recipients, raw)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError,
-                asyncio.TimeoutError):
-            await self._drop(relay)
-            raise
-        return refused
-
-    async def _drop(self, relay: Relay) -> None:
-        client = self._open.pop(relay, None)
-        if client is not None:
-            client.close()
-
-    async def close(self) -> None:
-        """QUIT every connection (briefly; a relay that does not answer is cut)."""
-        for relay in list(self._open):
-            client = self._open.pop(relay)
-            try:
-                await asyncio.wait_for(client.quit(), 5)
-            except Exception:
-                client.close()
 
 
 class Delivery(Worker):
@@ -127,7 +60,7 @@ class Delivery(Worker):
         # connector trust by (ca_file, tls_verify): relays are looked up every batch, and
         # loading the system store for a new context each time costs milliseconds
         self._trust: dict[tuple[str, bool], ssl.SSLContext] = {}
-        self._lanes = [_Sessions(settings.default_gateway.timeout)
+        self._lanes = [RelaySessions(settings.default_gateway.timeout)
                        for _ in range(max(1, settings.concurrency))]
         # Mail the relay took whose record could not be written (the store failing):
         # never sent again, only recorded again, first thing every round.
@@ -190,7 +123,7 @@ class Delivery(Worker):
         return True
 
     async def _lane(self, mails: list[OutboundMail], relays: dict[str, Relay],
-                    sessions: _Sessions) -> None:
+                    sessions: RelaySessions) -> None:
         """One of ``concurrency`` senders: its share of the batch, in order."""
         for mail in mails:
             if self._stopping:
@@ -242,7 +175,7 @@ class Delivery(Worker):
         return self._trust[key]
 
     async def _deliver(self, mail: OutboundMail, relays: dict[str, Relay] | None = None,
-                       sessions: _Sessions | None = None) -> None:
+                       sessions: RelaySessions | None = None) -> None:
         raw, domain = mail.raw, None
         if self.signer is not None:
             raw, domain = await asyncio.to_thread(self.signer, raw)

@@ -172,7 +172,7 @@ async def test_r_o4_a_mail_that_breaks_the_sender_is_retried_and_the_rest_still_
 
 
 async def test_r_o4_a_connection_the_relay_dropped_is_reopened_not_deferred(start_gateway):
-    from gateway.outbound.delivery import Relay, _Sessions
+    from gateway.protocols.relay import Relay, RelaySessions as _Sessions
     port = free_port()
     relay_server = Sink(port, idle_timeout=0.3).start()
     try:
@@ -189,7 +189,7 @@ async def test_r_o4_a_connection_the_relay_dropped_is_reopened_not_deferred(star
 
 
 async def test_r_o4_a_421_on_a_reused_connection_is_tried_at_once_on_a_new_one():
-    from gateway.outbound.delivery import Relay, _Sessions
+    from gateway.protocols.relay import Relay, RelaySessions as _Sessions
     port = free_port()
     relay_server = Sink(port).start()
     closing = {"done": False}

@@ -158,3 +158,10 @@ async def test_r_u1_a_copy_waiting_to_be_run_again_cannot_be_placed_by_hand(star
     assert await gw.pipeline.reprocess(email_id)
     with pytest.raises(ValueError, match="not one waiting to be run again"):
         await gw.pipeline.place(email_id, route_id=1)
+
+
+def test_the_runner_runs_the_stages_the_metrics_and_the_docs_name():
+    """A stage's name is one string everywhere (DESIGN): config, trace, metric labels."""
+    from gateway.pipeline import STAGE_NAMES
+    from gateway.pipeline.runner import STAGES
+    assert tuple(stage.name for stage in STAGES) == STAGE_NAMES
