@@ -1,7 +1,9 @@
 """Polling a POP3 mailbox (R-I4) with stdlib poplib, run in a worker thread.
 
 POP3 is small and blocking, so poplib does it and every call runs in
-``asyncio.to_thread``, never on the event loop. Each socket read is bounded by
+``asyncio.to_thread``, never on the event loop. The client is poplib adjusted in
+:mod:`gateway.protocols.poplib_fixes` (long lines, pipelined RETR); this module
+uses only its public methods. Each socket read is bounded by
 ``timeout`` (poplib's socket timeout), so a dead server ends in
 :class:`MailboxError`.
 
@@ -22,87 +24,21 @@ from typing import Any, Callable
 
 from gateway.protocols.imap import login_name
 from gateway.protocols.mailbox import LARGE_MESSAGE, Fetched, Mailbox, MailboxError
+from gateway.protocols.poplib_fixes import Pop3Client, Pop3SslClient, connection_closed
 from gateway.tls import tls_context
 
 log = logging.getLogger("mailgate.pop3")
 
-# poplib rejects lines over 2048 bytes ("line too long"); real mail breaks RFC 5322's
-# 998 often enough, and a message we cannot read would be polled again forever. The
-# cap only stops a hostile server from growing one line without end (R-I3's message
-# limit is 35 MB).
-MAX_LINE = 64 * 1024 * 1024
 CLOSED = "connection closed by the server"
-
-
-class _Client:
-    """poplib, adjusted: lines up to ``MAX_LINE`` bytes, and no socket left open when
-    the greeting never comes (poplib's constructor raises without closing it)."""
-    file: Any
-    sock: Any
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().__init__(*args, **kwargs)
-        except BaseException:
-            for part in (getattr(self, "file", None), getattr(self, "sock", None)):
-                if part is not None:
-                    part.close()
-            raise
-
-    def retr_pipelined(self, numbers: list[int]) -> list[list[bytes] | None]:
-        """RFC 2449 PIPELINING: send every RETR at once, then read the replies in
-        order; None for a message the server refused (deleted meanwhile). One round
-        trip per batch instead of one per message."""
-        self.sock.sendall(b"".join(b"RETR %d\r\n" % number for number in numbers))
-        replies: list[list[bytes] | None] = []
-        for _ in numbers:
-            try:
-                _, lines, _ = self._getlongresp()       # type: ignore[attr-defined]
-            except poplib.error_proto as e:
-                if _server_text(e) == CLOSED:
-                    raise
-                replies.append(None)
-                continue
-            replies.append(lines)
-        return replies
-
-    def _getline(self) -> tuple[bytes, int]:
-        line = self.file.readline(MAX_LINE + 1)
-        if len(line) > MAX_LINE:
-            raise poplib.error_proto("-ERR line too long")
-        if not line:
-            raise poplib.error_proto("-ERR EOF")
-        if line.endswith(b"\r\n"):
-            return line[:-2], len(line)
-        if line.endswith(b"\n"):
-            return line[:-1], len(line)
-        return line, len(line)
-
-
-class _POP3(_Client, poplib.POP3):
-    pass
-
-
-class _POP3_SSL(_Client, poplib.POP3_SSL):
-    pass
 
 
 def _server_text(error: poplib.error_proto) -> str:
     """The server's words after ``-ERR`` (R-C3 reports them as they are)."""
+    if connection_closed(error):
+        return CLOSED
     reply = error.args[0] if error.args else b""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-    if text == "-ERR EOF":
-        return CLOSED
     return text[5:] if text.startswith("-ERR ") else text
-
-
-def _close(client: poplib.POP3) -> None:
-    """Close the socket, whatever state it is in (a failed STLS handshake leaves
-    poplib holding a detached socket whose shutdown raises EBADF)."""
-    try:
-        client.close()
-    except OSError:
-        pass
 
 
 class Pop3Mailbox(Mailbox):
@@ -112,7 +48,7 @@ class Pop3Mailbox(Mailbox):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._client: poplib.POP3 | None = None
+        self._client: Pop3Client | None = None
         self._numbers: dict[str, int] = {}
 
     def folders(self) -> list[str]:
@@ -134,7 +70,7 @@ class Pop3Mailbox(Mailbox):
             self.abort()
             raise MailboxError(f"{what}: {e or type(e).__name__}") from e
 
-    def _client_or_fail(self) -> poplib.POP3:
+    def _client_or_fail(self) -> Pop3Client:
         if self._client is None:
             raise MailboxError("the POP3 session is not open")
         return self._client
@@ -149,13 +85,14 @@ class Pop3Mailbox(Mailbox):
     def _port(self) -> int:
         return self.connector.port or (995 if self.connector.tls == "implicit" else 110)
 
-    def _connect(self) -> poplib.POP3:
+    def _connect(self) -> Pop3Client:
         c = self.connector
         port = self._port()
         if c.tls == "implicit":
-            client = _POP3_SSL(c.host, port, timeout=self.timeout, context=tls_context(c))
+            client: Pop3Client = Pop3SslClient(c.host, port, timeout=self.timeout,
+                                               context=tls_context(c))
         else:
-            client = _POP3(c.host, port, timeout=self.timeout)
+            client = Pop3Client(c.host, port, timeout=self.timeout)
         try:
             if c.tls == "starttls":
                 client.stls(tls_context(c))
@@ -166,7 +103,7 @@ class Pop3Mailbox(Mailbox):
             except poplib.error_proto:              # no CAPA (RFC 1939 only)
                 client.pipelining = False
         except BaseException:
-            _close(client)
+            client.close_quietly()
             raise
         return client
 
@@ -183,7 +120,7 @@ class Pop3Mailbox(Mailbox):
             log.warning("pop3 QUIT to %s failed, deletions not committed: %s",
                         self.connector.host, e)
         finally:
-            _close(client)
+            client.close_quietly()
 
     def abort(self) -> None:
         """Drop the connection without QUIT: no DELE of this session takes effect
@@ -191,7 +128,7 @@ class Pop3Mailbox(Mailbox):
         client, self._client = self._client, None
         self._numbers = {}
         if client is not None:
-            _close(client)
+            client.close_quietly()
 
     # -- the poller's three calls ------------------------------------------------------
 
@@ -223,7 +160,7 @@ class Pop3Mailbox(Mailbox):
                   if key in self._numbers]
 
         def retrieve() -> list[Fetched]:
-            if getattr(client, "pipelining", False):
+            if client.pipelining:
                 replies = client.retr_pipelined([number for _, number in wanted])
             else:
                 replies = []

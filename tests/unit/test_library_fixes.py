@@ -1,9 +1,10 @@
 """The library workarounds (gateway/protocols/*_fixes.py): still needed, still right.
 
-Two kinds of test. The hash tests fail when the installed aioimaplib or aiosmtpd
-changes the upstream code a workaround replaces or relies on: the fixes module says
-what to re-check, and only then is the recorded hash updated. The behaviour tests
-show each replacement still does its job with the installed library.
+Two kinds of test. The hash tests fail when the installed aioimaplib or aiosmtpd, or
+the running Python's poplib, changes the upstream code a workaround replaces or relies
+on: the fixes module says what to re-check, and only then is the recorded hash
+updated. The behaviour tests show each replacement still does its job with the
+installed library.
 """
 from __future__ import annotations
 
@@ -12,20 +13,36 @@ import hashlib
 import importlib.metadata
 import inspect
 import itertools
+import platform
+import poplib
 import random
+import socket
+import ssl
+import sys
+import threading
 
 import aioimaplib.aioimaplib as aioimaplib
 import aiosmtpd.lmtp
 import aiosmtpd.smtp
 import pytest
 
-from gateway.protocols import aioimaplib_fixes, aiosmtpd_fixes
+from gateway.protocols import aioimaplib_fixes, aiosmtpd_fixes, poplib_fixes
 from gateway.protocols.aioimaplib_fixes import ImapProtocol, UidFetch
 from gateway.protocols.aiosmtpd_fixes import SmtpWorkarounds
 from gateway.protocols.imap import parse_fetch
+from gateway.protocols.poplib_fixes import MAX_LINE, Pop3Client, connection_closed
 
 FIXES = [(aioimaplib_fixes, aioimaplib, "aioimaplib"),
-         (aiosmtpd_fixes, aiosmtpd.smtp, "aiosmtpd")]
+         (aiosmtpd_fixes, aiosmtpd.smtp, "aiosmtpd"),
+         (poplib_fixes, poplib, "poplib")]
+
+
+def _installed(dist: str) -> str:
+    if dist in sys.stdlib_module_names:
+        return (f"Python {platform.python_version()}'s standard-library {dist} (stdlib "
+                f"code changes with the Python version, not with a pin: a new Python, "
+                f"even a patch release, can change it)")
+    return f"{dist} {importlib.metadata.version(dist)}"
 
 
 @pytest.mark.parametrize("fixes, upstream, dist", FIXES, ids=[d for *_, d in FIXES])
@@ -39,7 +56,7 @@ def test_replaced_upstream_code_is_the_code_the_workaround_was_written_for(
         if actual != recorded:
             changed.append(f"{name} (sha256 now {actual}): {recheck}")
     assert not changed, (
-        f"{dist} {importlib.metadata.version(dist)} changed code that "
+        f"{_installed(dist)} changed code that "
         f"{fixes.__name__} replaces or relies on. Re-read it upstream, adapt or drop "
         f"the workaround, then record the new hash in REPLACED_UPSTREAM:\n- "
         + "\n- ".join(changed))
@@ -222,3 +239,157 @@ async def test_client_stream_and_end_transaction_serve_a_data_replacement():
                            f"250 e@f.test got {len(message)} bytes",
                            "503 Error: need RCPT command",
                            "221 Bye"], replies
+
+
+# -- poplib: Pop3Client, Pop3SslClient --------------------------------------------------
+
+GREETING = b"+OK ready\r\n"
+
+
+class _Pop3Script:
+    """A one-connection POP3 server on 127.0.0.1: sends ``replies`` at once (the client
+    reads them as answers to whatever it sends), then, with ``hang_up``, shuts its
+    side; records what the client sends until the client closes."""
+
+    def __init__(self, replies: bytes, *, hang_up: bool = False) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = b""
+        self.client_closed = threading.Event()
+        self.thread = threading.Thread(target=self._serve, args=(replies, hang_up),
+                                       daemon=True)
+        self.thread.start()
+
+    def _serve(self, replies: bytes, hang_up: bool) -> None:
+        with self.listener, self.listener.accept()[0] as conn:
+            conn.settimeout(5)
+            try:
+                conn.sendall(replies)
+                if hang_up:
+                    conn.shutdown(socket.SHUT_WR)
+                while data := conn.recv(65536):
+                    self.received += data
+                self.client_closed.set()
+            except OSError:
+                pass
+
+    def finish(self) -> bytes:
+        self.thread.join(5)
+        return self.received
+
+
+def test_lines_longer_than_poplibs_2048_bytes_are_read_whole():
+    reply = GREETING + b"+OK\r\n" + b"a" * 5000 + b"\r\n..x\r\n.\r\n"
+    server = _Pop3Script(reply)
+    client = Pop3Client("127.0.0.1", server.port, timeout=5)
+    try:
+        assert client.retr(1)[1] == [b"a" * 5000, b".x"]
+    finally:
+        client.close()
+    assert Pop3Client.max_line == MAX_LINE > 2048
+
+
+def test_upstream_still_refuses_lines_longer_than_2048_bytes():
+    """Why Pop3Client replaces _getline. When this fails, poplib reads long lines
+    itself: re-check poplib_fixes and whether the override is still needed."""
+    server = _Pop3Script(GREETING + b"+OK\r\n" + b"a" * 5000 + b"\r\n.\r\n")
+    client = poplib.POP3("127.0.0.1", server.port, timeout=5)
+    try:
+        with pytest.raises(poplib.error_proto, match="line too long"):
+            client.retr(1)
+    finally:
+        client.close()
+
+
+def test_a_line_longer_than_max_line_is_refused():
+    class Small(Pop3Client):
+        max_line = 4096
+
+    # max_line counts the line with its CRLF: 4096 bytes pass, 4097 do not.
+    reply = (GREETING + b"+OK\r\n" + b"b" * 4094 + b"\r\n.\r\n"
+             + b"+OK\r\n" + b"c" * 4095 + b"\r\n.\r\n")
+    server = _Pop3Script(reply)
+    client = Small("127.0.0.1", server.port, timeout=5)
+    try:
+        assert client.retr(1)[1] == [b"b" * 4094]
+        with pytest.raises(poplib.error_proto) as refused:
+            client.retr(2)
+        assert refused.value.args == ("-ERR line too long",)
+        assert not connection_closed(refused.value)
+    finally:
+        client.close()
+
+
+def test_a_refused_greeting_closes_the_socket_at_once():
+    server = _Pop3Script(b"-ERR go away\r\n")
+    with pytest.raises(poplib.error_proto, match="go away") as failed:
+        Pop3Client("127.0.0.1", server.port, timeout=5)
+    # `failed` still holds the half-built client (through its traceback); the server
+    # sees the connection end all the same.
+    assert server.client_closed.wait(5)
+    assert failed.value
+
+
+def test_upstream_still_leaves_the_socket_open_after_a_refused_greeting():
+    """Why Pop3Client wraps __init__. When this fails, poplib closes the socket
+    itself: drop the wrapper."""
+    server = _Pop3Script(b"-ERR go away\r\n")
+    with pytest.raises(poplib.error_proto, match="go away") as failed:
+        poplib.POP3("127.0.0.1", server.port, timeout=5)
+    try:
+        assert not server.client_closed.wait(0.3)
+    finally:
+        half_built = [entry.locals["self"] for entry in failed.traceback
+                      if entry.name == "__init__"][-1]
+        half_built.close()
+    assert server.client_closed.wait(5)
+
+
+def test_retr_pipelined_sends_all_retrs_and_reads_each_reply_in_order():
+    reply = (GREETING
+             + b"+OK 1\r\nline\r\n..dot\r\n.\r\n"          # dot-stuffing undone
+             + b"-ERR no such message\r\n"                      # deleted meanwhile
+             + b"+OK 3\r\n" + b"y" * 5000 + b"\r\n.\r\n")
+    server = _Pop3Script(reply, hang_up=True)
+    client = Pop3Client("127.0.0.1", server.port, timeout=5)
+    try:
+        assert client.retr_pipelined([1, 2, 3]) == [[b"line", b".dot"], None, [b"y" * 5000]]
+        with pytest.raises(poplib.error_proto) as closed:  # a closed connection is no
+            client.retr_pipelined([4, 5])                  # deleted message: it raises
+        assert connection_closed(closed.value)
+    finally:
+        client.close()
+    assert server.finish() == b"RETR 1\r\nRETR 2\r\nRETR 3\r\nRETR 4\r\nRETR 5\r\n"
+
+
+def _failed_stls() -> Pop3Client:
+    server = _Pop3Script(GREETING + b"+OK\r\nSTLS\r\n.\r\n+OK begin TLS\r\n",
+                         hang_up=True)
+    client = Pop3Client("127.0.0.1", server.port, timeout=5)
+    with pytest.raises(OSError):        # the server hangs up instead of a TLS handshake
+        client.stls(ssl.create_default_context())
+    return client
+
+
+def test_close_quietly_closes_after_a_failed_stls_handshake():
+    client = _failed_stls()
+    client.close_quietly()
+    assert client.sock is None and client.file is None
+
+
+def test_upstream_close_still_raises_after_a_failed_stls_handshake():
+    """Why close_quietly exists. When this fails, POP3.close copes with the detached
+    socket a failed STLS leaves: close_quietly can go."""
+    client = _failed_stls()
+    with pytest.raises(OSError):
+        client.close()
+
+
+def test_pop3_ssl_overrides_only_what_poplib_fixes_knows_of():
+    """Pop3SslClient puts Pop3Client's overrides before POP3_SSL's, and the hashes of
+    REPLACED_UPSTREAM are taken on POP3. A new override in POP3_SSL would be silently
+    bypassed, or unchecked: read it, adapt poplib_fixes, record its hash."""
+    own = {name for name in vars(poplib.POP3_SSL)
+           if name == "__init__" or not (name.startswith("__") and name.endswith("__"))}
+    assert own == {"__init__", "_create_socket", "stls"}, (
+        f"Python {platform.python_version()}'s poplib.POP3_SSL now defines {sorted(own)}")
