@@ -22,6 +22,8 @@ from gateway.workitems import rules as workitems
 # R-B3: CC'd people an acknowledgement goes to (with ack_cc), at most. Anyone can write
 # thousands of addresses into a Cc line, and the ack would carry their Subject there.
 ACK_CC_MAX = 10
+# R-B3: the acknowledgement budget counts automated mail of the last day.
+ACK_BUDGET_WINDOW = 86400.0
 
 
 class Apply:
@@ -132,8 +134,9 @@ class Apply:
         recipients = []
         for address in dict.fromkeys([mail.from_address, *cc]):
             why = never_automated(address)
-            if why is None and await ctx.txn.automated_sent_to(
-                    address, since=ctx.txn.now - 86400) >= ctx.settings.ack_budget_per_day:
+            since = ctx.txn.now - ACK_BUDGET_WINDOW
+            if why is None and await ctx.txn.automated_sent_to(address, since=since) \
+                    >= ctx.settings.ack_budget_per_day:
                 why = f"its budget of {ctx.settings.ack_budget_per_day} automated mails a day"
             if why:
                 ctx.note(f"no acknowledgement to {address}: {why} (R-B3)")

@@ -33,15 +33,20 @@ class OutgoingSql:
              self.now, int(automated), self.now)).lastrowid
         self.conn.execute("INSERT INTO outbound_queue (email_id, next_attempt_at, created_at)"
                           " VALUES (?, ?, ?)", (email_id, self.now, self.now))
+        if automated:       # R-B3: what the acknowledgement budget counts, by recipient
+            self.conn.executemany(
+                "INSERT INTO automated_sent (address, at, email_id) VALUES (?, ?, ?)",
+                [(address.lower(), self.now, email_id) for address in dict.fromkeys(rcpt_to)])
         return email_id
 
     async def automated_sent_to(self, address: str, *, since: float) -> int:
-        """R-B3: automated mails composed for ``address`` since ``since``."""
-        escaped = address.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return self._one(
-            "SELECT COUNT(*) FROM emails WHERE direction = 'outgoing' AND automated = 1"
-            " AND received_at >= ? AND rcpt_to LIKE ? ESCAPE '\\'",
-            (since, '%"' + escaped + '"%'))[0]
+        """R-B3: automated mails composed for ``address`` (case ignored) since ``since``."""
+        return self._one("SELECT COUNT(*) FROM automated_sent WHERE address = ? AND at >= ?",
+                         (address.lower(), since))[0]
+
+    async def prune_automated_sent(self, older_than: float) -> int:
+        return self.conn.execute("DELETE FROM automated_sent WHERE at < ?",
+                                 (older_than,)).rowcount
 
     # -- the queue (read and finished by the delivery worker) --------------------------
 

@@ -645,11 +645,6 @@ async def test_r_b3_the_automated_mail_budget_compares_addresses_case_insensitiv
     assert count == 1
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, older than the storage move: rcpt_to is"
-                   " stored as json.dumps() with ensure_ascii, so 'jörg' is 'j\\u00f6rg' in"
-                   " the row and the LIKE of automated_sent_to never matches. The issue"
-                   " 'decide off the writer' replaces this scan with an indexed per-recipient"
-                   " count, which fixes it")
 async def test_r_b3_the_automated_mail_budget_counts_an_internationalised_address(store):
     await store.transaction(lambda t: send(t, to=["jörg@müller.test"]))
     assert await store.read(lambda t: t.automated_sent_to("jörg@müller.test", since=0)) == 1
