@@ -63,7 +63,7 @@ async def one_round(count: int, size: int, work: Path) -> float:
                      message_id=scan_message_id(raw))
                 for raw in raws[start:start + JOURNAL_COMMIT]])
         started = time.perf_counter()
-        gw.pipeline.start()
+        await gw.pipeline.start()
         await gw.pipeline.drain(600)
         return time.perf_counter() - started
     finally:

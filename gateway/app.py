@@ -120,7 +120,7 @@ class Gateway:
         await seed_directory(self.directory_ops, s)
         await self.reload_directory()
         self._check_unmonitored_address()
-        self.pipeline.start()
+        await self.pipeline.start()
         if self.delivery is not None:
             self.delivery.start()
         self.pollers.started = True

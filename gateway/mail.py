@@ -268,6 +268,16 @@ class Mail:
         return list(self._body.attachments)
 
     @property
+    def attachment_names(self) -> tuple[str, ...]:
+        """What R-R2's attachment rule reads of the attachments."""
+        return tuple(a.name for a in self.attachments)
+
+    @property
+    def authentication_results(self) -> tuple[str, ...]:
+        """The Authentication-Results fields, topmost first (R-B2 trusts the topmost)."""
+        return tuple(self.headers("authentication-results"))
+
+    @property
     def child_content_types(self) -> list[str]:
         """Content types of the top-level multipart's direct children (R-A1 reports)."""
         return list(self._body.child_types)

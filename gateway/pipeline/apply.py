@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-from gateway.mail import Mail
 from gateway.model import Route, WorkItem
 from gateway.outbound.compose import compose_ack
 from gateway.pipeline.ack_policy import never_automated
 from gateway.pipeline.context import Context, Verdict
 from gateway.pipeline.dedup import already_received, remember
+from gateway.pipeline.prepare import Prepared
 from gateway.workitems import rules as workitems
 
 
@@ -29,7 +29,7 @@ ACK_BUDGET_WINDOW = 86400.0
 class Apply:
     name = "apply"
 
-    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
+    async def run(self, mail: Prepared, ctx: Context) -> Verdict | None:
         targets: list[dict] = []
         skipped: list[str] = []
         done: set[str] = set()
@@ -60,7 +60,7 @@ class Apply:
         created = any(t["action"] == "created" for t in targets)
         return Verdict("created" if created else "appended", "", targets)
 
-    async def _append(self, mail: Mail, ctx: Context, ref: str) -> None:
+    async def _append(self, mail: Prepared, ctx: Context, ref: str) -> None:
         """R-E1..R-E3 (R-E5: auto-generated mail too)."""
         txn = ctx.txn
         item = await txn.workitem(ref)
@@ -79,7 +79,7 @@ class Apply:
         await txn.emit("email.appended", ref=ref, email_id=mail.email_id)
         await remember(ctx, ref)
 
-    async def _create(self, mail: Mail, ctx: Context, route: Route,
+    async def _create(self, mail: Prepared, ctx: Context, route: Route,
                       copy_from: str | None) -> WorkItem:
         """R-E4: a new item from routing: TO_DO, contacts = sender + CCs, mode from the route."""
         txn = ctx.txn
@@ -115,7 +115,7 @@ class Apply:
             ctx.note(f"no acknowledgement for {item.ref}: auto-generated ({ctx.autogen_rule})")
         return item
 
-    async def _acknowledge(self, mail: Mail, ctx: Context, item: WorkItem,
+    async def _acknowledge(self, mail: Prepared, ctx: Context, item: WorkItem,
                            route: Route) -> None:
         """R-O5 to the sender, and to CCs with ``ack_cc``; queued as automated mail (R-A3)."""
         if not mail.from_address:
@@ -173,7 +173,7 @@ async def _reopen_allowed(ctx: Context, ref: str) -> bool:
     return False
 
 
-def _contacts(mail: Mail, ctx: Context) -> list[str]:
+def _contacts(mail: Prepared, ctx: Context) -> list[str]:
     """R-E4: the sender and the CC'd people, not the gateway's own addresses."""
     people = [mail.from_address] if mail.from_address else []
     people += [a for a in mail.cc_addresses if ctx.directory.owner(a) is None]

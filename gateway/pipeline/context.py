@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.directory.snapshot import Directory
-from gateway.mail import Mail
 from gateway.mail_classes import CLASSIFIER, Classifier
 from gateway.model import Connector, Route, TraceLine
 from gateway.outbound.compose import Composing
+from gateway.pipeline.prepare import Prepared
 from gateway.tokens import Tokens
 from storage.base import PipelineTxn
 
@@ -66,7 +66,7 @@ class MatchHit:
 
 @dataclass
 class Context:
-    mail: Mail
+    mail: Prepared
     connector: Connector
     directory: Directory
     settings: PipelineSettings
@@ -89,6 +89,12 @@ class Context:
     wildcard_only: bool = False                            # R-M4: placed by a wildcard route
     match_candidates: list | None = None                   # R-M2: found once per copy
 
+    def adopt(self, mail: Prepared) -> None:
+        """What preparation found (R-D1, R-A1/R-A2, R-B4), for the stages after."""
+        self.f1, self.fingerprints = mail.f1, mail.fingerprints
+        self.autogen_rule, self.mail_class = mail.autogen_rule, mail.mail_class
+        self.list_rule, self.bounce_of = mail.list_rule, mail.bounce_of
+
     def note(self, text: str) -> None:
         """Extra detail for the current stage's trace line."""
         self._notes.append(text)
@@ -107,4 +113,4 @@ class Stage(Protocol):
     a loop."""
     name: str
 
-    async def run(self, mail: Mail, ctx: Context) -> Verdict | None: ...
+    async def run(self, mail: Prepared, ctx: Context) -> Verdict | None: ...

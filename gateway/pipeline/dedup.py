@@ -1,24 +1,22 @@
 """R-D1..R-D4: fingerprints, and the short-circuit for an exact repeat.
 
-The stage computes the three fingerprints and ends the pipeline only for an
-exact F1 repeat on the same connector (R-D3: a server re-delivering, an IMAP
+The fingerprints are computed when the copy is prepared (``pipeline.prepare``);
+the stage ends the pipeline only for an exact F1 repeat on the same connector (R-D3: a server re-delivering, an IMAP
 delayed expunge). The per-target check of R-D2 needs the targets, so it
 happens in apply, through :func:`already_received`.
 """
 from __future__ import annotations
 
-from gateway.mail import Mail
-from gateway.pipeline import fingerprints
 from gateway.pipeline.context import Context, Verdict
+from gateway.pipeline.prepare import Prepared
 from storage.base import Txn
 
 
 class Dedup:
     name = "dedup"
 
-    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
-        ctx.f1 = fingerprints.f1(mail.raw)
-        ctx.fingerprints = (ctx.f1, "F2:" + fingerprints.f2(mail), "F3:" + fingerprints.f3(mail))
+    async def run(self, mail: Prepared, ctx: Context) -> Verdict | None:
+        ctx.f1, ctx.fingerprints = mail.f1, mail.fingerprints
         since = ctx.txn.now - ctx.settings.dedup_window_days * 86400
         earlier = await ctx.txn.f1_seen(ctx.connector.name, ctx.f1, mail.email_id or 0, since)
         if earlier is not None:

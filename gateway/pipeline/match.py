@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import re
 
-from gateway.mail import Mail
 from gateway.model import WorkItem
 from gateway.pipeline.context import Context, MatchHit, Verdict
+from gateway.pipeline.prepare import Prepared
 from gateway.pipeline.sender_binding import why_not_participant
 from gateway.tokens import SIGNATURE
 from gateway.workitems import rules as workitems
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-BODY_TAG = re.compile(rf"\[WI-({_UUID})(?:\.({SIGNATURE}))?\]")
 _CLOSURE_LIMIT = 200
 
 
@@ -44,7 +43,7 @@ def gateway_message_id(domain: str) -> re.Pattern:
 class Match:
     name = "match"
 
-    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
+    async def run(self, mail: Prepared, ctx: Context) -> Verdict | None:
         if not ctx.visible:
             return self._no_visible_address(mail, ctx)
         mode = ctx.settings.matching_mode
@@ -71,7 +70,7 @@ class Match:
         return None
 
     @staticmethod
-    def _no_visible_address(mail: Mail, ctx: Context) -> Verdict | None:
+    def _no_visible_address(mail: Prepared, ctx: Context) -> Verdict | None:
         """R-M4: only BCC'd. Another connector's visible address means that connector works."""
         for address in (*mail.to_addresses, *mail.cc_addresses):
             owner = ctx.directory.owner(address)
@@ -81,7 +80,7 @@ class Match:
         ctx.note("no visible address: wildcard routes only")
         return None
 
-    async def _thread_rule(self, mail: Mail, ctx: Context, connector: str, *,
+    async def _thread_rule(self, mail: Prepared, ctx: Context, connector: str, *,
                            incoming_only: bool) -> MatchHit | None:
         """R-M3: in plus_only, rule 1 against earlier incoming Message-IDs only."""
         chain = [("in_reply_to", m) for m in mail.in_reply_to]
@@ -107,7 +106,7 @@ class Match:
             ctx.note("resolved " + "; ".join(paths))
 
 
-async def standard_match(mail: Mail, ctx: Context, connector: str | None) -> MatchHit | None:
+async def standard_match(mail: Prepared, ctx: Context, connector: str | None) -> MatchHit | None:
     """R-M2 rules 1–4 in order; ``connector=None`` looks across connectors (R-M6)."""
     for hit, item in await _candidates(mail, ctx):
         if connector is None or item.connector == connector:
@@ -115,7 +114,7 @@ async def standard_match(mail: Mail, ctx: Context, connector: str | None) -> Mat
     return None
 
 
-async def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
+async def _candidates(mail: Prepared, ctx: Context) -> list[tuple[MatchHit, WorkItem]]:
     """Every item rules 1–4 point at, in rule order; found once per copy, then filtered
     by connector (K first, then any connector for R-M6) without scanning the body again."""
     if ctx.match_candidates is not None:
@@ -137,19 +136,15 @@ async def _candidates(mail: Mail, ctx: Context) -> list[tuple[MatchHit, WorkItem
             item = await txn.workitem(ref)
             if item:
                 found.append((MatchHit(item.ref, method), item))
-    body = mail.text_body
-    tags: dict[str, list[str | None]] = {}  # uuid → its signatures, first appearance first
-    for tag in BODY_TAG.finditer(body):
-        tags.setdefault(tag.group(1).lower(), []).append(tag.group(2))
-    for uuid, signatures in tags.items():
+    for uuid, signatures in mail.body_tags:         # first appearance first
         item = await txn.workitem_by_uuid(uuid)
         # A reply quotes older mail: one good occurrence of the tag is enough.
         if item and _signed_any(ctx, item, signatures, "body tag"):
             found.append((MatchHit(item.ref, "body_tag"), item))
     bound = ctx.settings.ref_requires_participant
     refused: dict[str, str] = {}
-    for method, text in (("subject_ref", mail.subject), ("body_ref", body)):
-        for ref in dict.fromkeys(refs_in_text(text)):
+    for method, refs in (("subject_ref", mail.subject_refs), ("body_ref", mail.body_refs)):
+        for ref in refs:
             item = await txn.workitem(ref)
             if item is None or item.ref in refused:
                 continue
@@ -174,33 +169,6 @@ def _signed_any(ctx: Context, item: WorkItem, signatures: list[str | None],
         ctx.note(f"{where} of {item.ref} ignored: {refusals[0]}")
         return False
     return True
-
-
-_DASH_KIND = re.compile(r"-[TCA]")
-
-
-def refs_in_text(text: str) -> list[str]:
-    r"""Canonical refs (``\b\d+-[TCA]\b``, R-M2 rules 3–4) in order of appearance.
-
-    Equivalent to ``workitems.REF_IN_TEXT`` but led by a literal ``-``: a regex that
-    starts with a digit class tried every position of a 5 KB body (8% of the
-    pipeline's CPU in the bench profile).
-    """
-    refs = []
-    for dash in _DASH_KIND.finditer(text):
-        end = dash.start()
-        after = dash.end()
-        if after < len(text) and (text[after].isalnum() or text[after] == "_"):
-            continue
-        start = end
-        while start > 0 and "0" <= text[start - 1] <= "9":
-            start -= 1
-        if start == end or (start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_")):
-            continue
-        ref = workitems.canonical_ref(text[start:after])
-        if ref:
-            refs.append(ref)
-    return refs
 
 
 async def _closure(ctx: Context, item: WorkItem) -> dict[str, WorkItem]:

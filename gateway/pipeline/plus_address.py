@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
+from gateway.pipeline.prepare import Prepared
 from gateway.tokens import SIGNATURE
 from gateway.workitems import rules as workitems
 
@@ -62,7 +62,7 @@ def ref_tags(addresses: Iterable[str], mailbox_filter: Iterable[str]) -> list[st
     return list(refs)
 
 
-def visible_mailboxes(mail: Mail, ctx: Context) -> list[str]:
+def visible_mailboxes(mail: Prepared, ctx: Context) -> list[str]:
     """SPEC §3: To/Cc addresses that are K's primary address or an alias (tags stripped);
     with ``route_on_envelope`` the envelope recipients count too."""
     own = ctx.directory.mailboxes(ctx.connector.name)
@@ -81,7 +81,7 @@ class PlusAddress:
     """The stage: visible K-addresses and the refs their plus tags name (R-P1..R-P3)."""
     name = "plus-address"
 
-    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
+    async def run(self, mail: Prepared, ctx: Context) -> Verdict | None:
         ctx.visible = visible_mailboxes(mail, ctx)
         tags = ref_tags([*mail.to_addresses, *mail.cc_addresses],
                         ctx.directory.mailboxes(ctx.connector.name))

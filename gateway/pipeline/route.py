@@ -7,17 +7,17 @@ wildcard band alone and the target ``*`` (R-M4).
 from __future__ import annotations
 
 from gateway.directory.routing import RoutingFacts, choose_routes, choose_wildcard, company_of
-from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
+from gateway.pipeline.prepare import Prepared
 
 
-def routing_facts(mail: Mail, ctx: Context) -> RoutingFacts:
+def routing_facts(mail: Prepared, ctx: Context) -> RoutingFacts:
     """What R-R2's rules may look at: headers and attachments, never the body."""
     sender = mail.from_address
     return RoutingFacts(
         subject=mail.subject, sender=sender,
         recipients=[*mail.to_addresses, *mail.cc_addresses],
-        attachment_names=[a.name for a in mail.attachments], important=mail.important,
+        attachment_names=list(mail.attachment_names), important=mail.important,
         folder_path=mail.folder_path,
         sender_company=company_of(sender, ctx.directory.contacts) if sender else None)
 
@@ -25,7 +25,7 @@ def routing_facts(mail: Mail, ctx: Context) -> RoutingFacts:
 class Route:
     name = "route"
 
-    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
+    async def run(self, mail: Prepared, ctx: Context) -> Verdict | None:
         needs_new = any(r.ref is None for r in ctx.resolved)
         if ctx.matches and not needs_new:
             return None

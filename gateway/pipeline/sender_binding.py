@@ -22,24 +22,29 @@ domain passes DMARC too. Rules 1–2 (a reply to our Message-ID, the
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Protocol
 
 from gateway.directory.addresses import normalize_address
-from gateway.mail import Mail
 from gateway.model import WorkItem
+
+class Sender(Protocol):
+    """What R-B2 reads of a mail (``Mail`` and a prepared copy both offer it)."""
+    from_address: str | None
+    authentication_results: tuple[str, ...]
+
 
 _COMMENT = re.compile(r"\((?:[^()\\]|\\.)*\)")
 _RESULT = re.compile(r"^\s*([a-z0-9_-]+)\s*=\s*([a-z]+)\b(.*)$", re.I | re.S)
 _PROPERTY = re.compile(r"\b(header\.(?:from|d|i))\s*=\s*\"?([^\s;\"]+)", re.I)
 
 
-def authenticated_domains(mail: Mail, trusted: Iterable[str]) -> set[str]:
+def authenticated_domains(mail: Sender, trusted: Iterable[str]) -> set[str]:
     """Domains a trusted MTA says passed DMARC (``header.from``) or DKIM (``header.d``,
     ``header.i``) for this mail, read from the topmost Authentication-Results header
     only, and only when its authserv-id is trusted: anyone can write such headers into
     the mail they send, below the one the receiving MTA adds on top."""
     trusted = {t.lower() for t in trusted}
-    values = mail.headers("authentication-results")
+    values = mail.authentication_results
     if not trusted or not values:
         return set()
     domains: set[str] = set()
@@ -76,7 +81,7 @@ def _covers(authenticated: str, domain: str) -> bool:
     return domain == authenticated or domain.endswith("." + authenticated)
 
 
-def why_not_participant(mail: Mail, item: WorkItem, trusted: Iterable[str]) -> str | None:
+def why_not_participant(mail: Sender, item: WorkItem, trusted: Iterable[str]) -> str | None:
     """None when the sender takes part in ``item``; else why not, for the trace."""
     sender = mail.from_address
     if sender is None:

@@ -20,11 +20,11 @@ not count either.
 from __future__ import annotations
 
 from gateway.directory.addresses import normalize_address
-from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
+from gateway.pipeline.prepare import Prepared
 
 
-def sender_of(mail: Mail) -> str | None:
+def sender_of(mail: Prepared) -> str | None:
     """Whose budget a copy counts against: the From mailbox, else the envelope sender,
     with any plus tag removed (a loop through VERP-style addresses is one sender)."""
     address = mail.from_address or mail.mail_from
@@ -34,7 +34,7 @@ def sender_of(mail: Mail) -> str | None:
 class SenderBudget:
     name = "sender-budget"
 
-    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
+    async def run(self, mail: Prepared, ctx: Context) -> Verdict | None:
         sender = sender_of(mail)
         ctx.sender = sender
         budget = ctx.settings.sender_budget

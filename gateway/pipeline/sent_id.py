@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import re
 
-from gateway.mail import Mail
 from gateway.pipeline.context import Context, Verdict
+from gateway.pipeline.prepare import Prepared
 from gateway.tokens import SIGNATURE
 
 # Every Message-ID the gateway sends has this shape (R-O3), whatever domain was
@@ -15,7 +15,7 @@ _OURS = re.compile(rf"<[0-9a-fA-F-]{{36}}\.[0-9a-fA-F-]{{36}}(?:\.{SIGNATURE})?@
 class SentIdCheck:
     name = "sent-id"
 
-    async def run(self, mail: Mail, ctx: Context) -> Verdict | None:
+    async def run(self, mail: Prepared, ctx: Context) -> Verdict | None:
         message_id = mail.message_id
         if message_id and _OURS.fullmatch(message_id) \
                 and await ctx.txn.sent_message(message_id):

@@ -94,7 +94,7 @@ async def test_a_copy_that_breaks_a_stage_is_isolated_and_the_rest_go_on(start_g
     for m in messages:
         await client.transaction("c@customer.test", ["support@corp.test"], m.as_bytes(policy=WIRE))
     await client.close()
-    gw.pipeline.start()
+    await gw.pipeline.start()
     await gw.pipeline.drain()
     outcomes = [(await gw.store.emails_by_message_id(m["Message-ID"]))[0] for m in messages]
     assert [(c.outcome, c.reason) for c in outcomes] == [

@@ -118,7 +118,7 @@ async def test_metrics_show_the_journal_backlog_and_its_age(gateway, http):
     assert before - 1 <= sample(waiting, "mailgate_queue_oldest_timestamp_seconds",
                                 "journal") <= time.time()
     assert sample(waiting, "mailgate_queue_messages", "outbound") == 0
-    gateway.pipeline.start()
+    await gateway.pipeline.start()
     await gateway.pipeline.drain()
     await asyncio.sleep(1.1)                        # the queues are counted once a second
     async with http.get("/metrics") as r:

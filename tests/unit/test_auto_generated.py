@@ -8,7 +8,7 @@ from email.policy import default
 import pytest
 
 from gateway.mail import Mail
-from gateway.pipeline.auto_generated import RULES_A1, RULES_A2, detect
+from gateway.pipeline.autogen_rules import RULES_A1, RULES_A2, detect
 
 
 def mail(body: str = "Hello.\n", **headers: str) -> Mail:

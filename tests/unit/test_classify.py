@@ -8,7 +8,7 @@ import pytest
 
 from gateway.mail import Mail
 from gateway.mail_classes import CLASSES, CLASSIFIER, RulesError, bounce_of, load_rules
-from gateway.pipeline.auto_generated import detect
+from gateway.pipeline.autogen_rules import detect
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "classes"
 MANIFEST = tomllib.loads((CORPUS / "MANIFEST.toml").read_text())["files"]

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
+from gateway.mail_classes import CLASSIFIER
 from gateway.model import Copy
 from gateway.pipeline import route as route_module
 from gateway.pipeline.context import Verdict
 from storage.sqlite.store import run_to_end
 from tests.conftest import run_sql
+from tests.unit.slow_classifier import SlowClassifier
 
 RAW = (b"From: c@customer.test\r\nTo: support@example.test\r\nSubject: hello\r\n"
        b"Message-ID: <runner@customer.test>\r\n\r\nhello\r\n")
@@ -62,26 +65,27 @@ async def test_a_large_copy_is_parsed_up_front_and_decided_in_its_batch(start_ga
     assert (await gw.store.email(email_id)).outcome == "created"
 
 
-async def test_a12_a_large_copy_whose_parse_overruns_ends_unparseable(start_gateway,
-                                                                       monkeypatch):
-    import threading
-
-    from gateway.mail import Mail
-    from gateway.pipeline import runner
-    release = threading.Event()
-    monkeypatch.setattr(runner, "PARSE_TIMEOUT", 0.05)
-    monkeypatch.setattr(Mail, "parse_all", lambda mail: release.wait(5))   # a parse bomb
+async def test_a12_a_copy_whose_preparation_overruns_is_killed_and_ends_unparseable(
+        start_gateway):
+    """The worker preparing it is killed at the deadline (a thread could not be stopped);
+    the copy ends unprocessed with its bytes kept, and the next copy is prepared by the
+    worker that replaced it."""
     gw = await start_gateway()
-    big = RAW.replace(b"<runner@", b"<slow@") + b"x" * 300_000 + b"\r\n"
-    [email_id] = await gw.store.journal([Copy(raw=big, connector="support", source="lmtp")])
+    gw.pipeline.preparer.deadline = 0.5
+    gw.pipeline_settings = dataclasses.replace(
+        gw.pipeline_settings, classifier=SlowClassifier(CLASSIFIER.version, CLASSIFIER.rules))
+    bomb = RAW.replace(b"<runner@", b"<bomb@") + b"bomb\r\n"
+    [email_id] = await gw.store.journal([Copy(raw=bomb, connector="support", source="lmtp")])
     gw.pipeline.wake()
-    try:
-        await gw.pipeline.drain()
-    finally:
-        release.set()
+    await gw.pipeline.drain()
     record = await gw.store.email(email_id)
     assert (record.outcome, record.reason) == ("unprocessed", "unparseable")
     assert record.trace[0]["reason"] == "parse_timeout"
+    assert await gw.store.raw(email_id) == bomb
+    [after] = await gw.store.journal([Copy(raw=RAW, connector="support", source="lmtp")])
+    gw.pipeline.wake()
+    await gw.pipeline.drain()
+    assert (await gw.store.email(after)).outcome == "created"
 
 
 async def test_a_batch_run_again_copy_by_copy_still_commits_as_one(start_gateway, monkeypatch,
@@ -96,7 +100,7 @@ async def test_a_batch_run_again_copy_by_copy_still_commits_as_one(start_gateway
     real_run = apply_module.Apply.run
 
     async def run(self, mail, ctx):
-        if b"poison" in mail.raw:
+        if "poison" in (mail.message_id or ""):
             raise RuntimeError("a bug that hits one message")
         verdict = await real_run(self, mail, ctx)
         with sqlite3.connect(tmp_path / "mailgate.db", timeout=0.1) as other:
@@ -111,7 +115,7 @@ async def test_a_batch_run_again_copy_by_copy_still_commits_as_one(start_gateway
     raws.insert(2, RAW.replace(b"<runner@", b"<poison@") + b"poison\r\n")
     ids = await gw.store.journal([Copy(raw=raw, connector="support", source="lmtp")
                                   for raw in raws])
-    gw.pipeline.start()
+    await gw.pipeline.start()
     await gw.pipeline.drain()
 
     outcomes = [(await gw.store.email(i)).outcome for i in ids]
@@ -127,19 +131,18 @@ async def test_r_u1_a_copy_placed_by_a_person_while_its_batch_was_read_is_not_de
     await gw.pipeline.stop()
     [email_id] = await gw.store.journal([Copy(raw=RAW, connector="support", source="lmtp")])
     runner = gw.pipeline
-    real_read = runner._read
+    real_prepare = runner.preparer.prepare
 
-    async def read_then_placed(row):
-        copy = await real_read(row)
-
-        # what place() leaves: decided, on a work item
+    async def prepare_then_placed(copies, settings):
+        prepared = await real_prepare(copies, settings)
+        # what place() leaves meanwhile: decided, on a work item
         await run_sql(tmp_path / "mailgate.db",
                       "UPDATE emails SET state = 'done', outcome = 'appended',"
                       f" trace = '[\"by hand\"]' WHERE id = {email_id}")
-        return copy
+        return prepared
 
-    runner._read = read_then_placed
-    runner.start()
+    runner.preparer.prepare = prepare_then_placed
+    await runner.start()
     await runner.drain()
 
     record = await gw.store.email(email_id)

@@ -705,6 +705,6 @@ def test_r_m5_any_relation_graph_resolves_to_open_items_or_new_ones(seed):
     "-T", "1-t", "über 5-A", "٣-T", "1-T1-T", "(99-C)", "12-T-T", "", "x" * 50 + "4-A",
 ])
 def test_r_m2_fast_ref_scan_finds_what_the_ref_pattern_finds(text):
-    from gateway.pipeline.match import refs_in_text
+    from gateway.pipeline.prepare import refs_in_text
     expected = [canonical_ref(m.group(0)) for m in REF_IN_TEXT.finditer(text)]
     assert refs_in_text(text) == [r for r in expected if r]
