@@ -81,6 +81,7 @@ class Runner(Worker):
         self._pruned_at = 0.0
         self._prepare_settings: tuple[PipelineSettings, PrepareSettings] | None = None
         self._retry: list[Prepared] = []        # a failed batch's copies, run again isolated
+        self._ahead: asyncio.Future[list[Prepared]] | None = None  # the next batch, meanwhile
 
     # -- the worker ----------------------------------------------------------------------
 
@@ -92,6 +93,10 @@ class Runner(Worker):
 
     async def stop(self) -> None:
         await super().stop()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:           # read ahead: still journaled, decided next start
+            ahead.cancel()
+            await asyncio.gather(ahead, return_exceptions=True)
         await self.preparer.stop()
 
     def prepare_settings(self) -> PrepareSettings:
@@ -172,17 +177,21 @@ class Runner(Worker):
         which the worker then runs again with ``isolate`` — each copy in a savepoint,
         so only the poison copy ends unprocessed (internal_error).
 
-        Only the pipeline moves a copy out of ``journaled``, so the batch is read and
-        prepared first, and decided in a transaction of its own."""
-        journaled = await self.store.journaled(self.batch_size)
-        if not journaled:
-            return []
-        ids = [copy.email_id for copy in journaled]
-        if isolate and [c.email_id for c in self._retry] == ids:
+        Only the pipeline moves a copy out of ``journaled``, so a batch is read and
+        prepared before its transaction, and the next batch is read and prepared while
+        this one is decided: the writer never waits for preparation."""
+        if isolate and self._retry:
             copies = self._retry            # the same batch again: prepared already
+        elif self._ahead is not None:
+            ahead, self._ahead = self._ahead, None
+            copies = await ahead
         else:
-            copies = await self.preparer.prepare(journaled, self.prepare_settings())
+            copies = await self._read_and_prepare(after=0)
+        if not copies:
+            return []
         self._retry = copies
+        if self._ahead is None:
+            self._ahead = asyncio.ensure_future(self._read_and_prepare(copies[-1].email_id))
         directory, settings = self.directory(), self.settings()
 
         async def decide_batch(txn: PipelineTxn) -> list[tuple[Verdict, Context | None]]:
@@ -195,6 +204,10 @@ class Runner(Worker):
         decided = await self.store.decide(decide_batch)
         self._retry = []
         return decided
+
+    async def _read_and_prepare(self, after: int) -> list[Prepared]:
+        journaled = await self.store.journaled(self.batch_size, after)
+        return await self.preparer.prepare(journaled, self.prepare_settings())
 
     async def _process_copy(self, txn: PipelineTxn, copy: Prepared, directory: Directory,
                             settings: PipelineSettings, *,

@@ -4,18 +4,21 @@ DESIGN "The store": the pure half of deciding (``pipeline.prepare``) runs away f
 the writer and the event loop. Threads would share one interpreter lock with the
 front door, and a thread cannot be stopped: a copy built to make the parser spin
 would keep it forever. A process can be killed. So each worker is a process of its
-own, fed one copy at a time over a pipe; when a copy overruns ``deadline`` its
-worker is killed and replaced, and the copy comes back with ``parse_timeout``: it
-ends unprocessed (``unparseable``), its raw bytes kept (R-U1, reliability A12).
+own. A batch is split between the workers; each gets its share in one message and
+sends each copy back as soon as it is prepared, so a copy that overruns
+``deadline`` is known by name: its worker is killed and replaced, the copy comes
+back with ``parse_timeout`` (it ends unprocessed, ``unparseable``, its raw bytes
+kept: R-U1, reliability A12), and the rest of the share goes to the replacement.
 
 Workers are forked from a clean ``forkserver`` process that has imported the
 preparation code once, so starting or replacing one takes milliseconds and never
 copies the gateway's threads or sockets. The settings preparation reads go to each
-worker once, and again only when they change.
+worker once, and again only when they change. Each worker has a thread of ours that
+talks to it (a pipe's send and receive block; the event loop must not).
 
-With ``processes=0`` copies are prepared on a thread of this process instead (for
-hosts that cannot start processes, and tests that replace parts of the parser):
-same results, but an overrunning copy is only abandoned, not stopped.
+With ``processes=0`` (or once stopped) copies are prepared on a thread of this
+process instead, for hosts that cannot start processes and for ``mailgate
+explain``: same results, but an overrunning copy is only abandoned, not stopped.
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ import multiprocessing
 import os
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
-from typing import Any
 
 from gateway.pipeline.prepare import Prepared, PrepareSettings, prepare
 from storage.base import JournaledCopy
@@ -39,7 +41,8 @@ _CONTEXT.set_forkserver_preload(["gateway.pipeline.prepare"])
 
 
 def serve(conn: Connection) -> None:
-    """A worker's life: settings, then copies, one at a time, until the pipe closes."""
+    """A worker's life: settings, then shares of copies, each copy answered as soon as it
+    is prepared, until the pipe closes."""
     settings = PrepareSettings()
     while True:
         try:
@@ -48,13 +51,13 @@ def serve(conn: Connection) -> None:
             return
         if kind == "settings":
             settings = payload
-        else:
-            conn.send(prepare(payload, settings))
+            continue
+        for copy in payload:
+            conn.send(prepare(copy, settings))
 
 
 class _Worker:
-    """One worker process, and the thread of ours that talks to it (a pipe's send and
-    receive block; the event loop must not)."""
+    """One worker process and the pipe to it."""
 
     def __init__(self, number: int):
         self.name = f"prepare-{number}"
@@ -64,24 +67,61 @@ class _Worker:
                                         daemon=True)
         self.process.start()
         theirs.close()
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
         self.settings: PrepareSettings | None = None
 
-    def round_trip(self, settings: PrepareSettings, copy: JournaledCopy) -> Prepared:
-        if settings is not self.settings:
-            self.conn.send(("settings", settings))
-            self.settings = settings
-        self.conn.send(("copy", copy))
-        return self.conn.recv()
+    def close(self, *, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        self.conn.close()
+        self.process.join(timeout=5)
 
-    def kill(self) -> None:
-        self.process.kill()
-        self.close()
+
+class _Lane:
+    """A worker and the thread of ours that feeds it; replaces the worker when it must."""
+
+    def __init__(self, numbers: itertools.count, deadline: float):
+        self.numbers = numbers
+        self.deadline = deadline
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+        self.worker = _Worker(next(numbers))
+
+    def run(self, copies: list[JournaledCopy], settings: PrepareSettings) -> list[Prepared]:
+        """On the lane's thread: every copy of the share prepared, in order."""
+        done: list[Prepared] = []
+        while len(done) < len(copies):
+            rest = copies[len(done):]
+            try:
+                self._send(rest, settings)
+                for copy in rest:
+                    if not self.worker.conn.poll(self.deadline):
+                        log.warning("email %s: preparing it took over %.0f s; it ends "
+                                    "unparseable and %s is restarted", copy.email_id,
+                                    self.deadline, self.worker.name)
+                        done.append(_failed(copy, "parse_timeout"))
+                        self._replace()
+                        break
+                    done.append(self.worker.conn.recv())
+            except (EOFError, OSError) as exc:      # the worker died under this copy
+                copy = copies[len(done)]
+                log.error("email %s: %s died while preparing it (%s); it ends unparseable",
+                          copy.email_id, self.worker.name, exc)
+                done.append(_failed(copy, "worker_died"))
+                self._replace()
+        return done
+
+    def _send(self, copies: list[JournaledCopy], settings: PrepareSettings) -> None:
+        if settings is not self.worker.settings:
+            self.worker.conn.send(("settings", settings))
+            self.worker.settings = settings
+        self.worker.conn.send(("copies", copies))
+
+    def _replace(self) -> None:
+        self.worker.close(kill=True)
+        self.worker = _Worker(next(self.numbers))
 
     def close(self) -> None:
-        self.conn.close()
+        self.worker.close()
         self.thread.shutdown(wait=False)
-        self.process.join(timeout=5)
 
 
 class Preparer:
@@ -90,85 +130,51 @@ class Preparer:
     def __init__(self, processes: int | None = None, deadline: float = DEADLINE):
         self.processes = (os.cpu_count() or 1) if processes is None else processes
         self.deadline = deadline
-        self._idle: asyncio.Queue[_Worker] | None = None
-        self._workers: list[_Worker] = []
+        self._lanes: list[_Lane] = []
         self._numbers = itertools.count(1)
-        self._thread: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
-        if self.processes == 0:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
-            return
-        self._idle = asyncio.Queue()
-        self._workers = await asyncio.to_thread(
-            lambda: [_Worker(next(self._numbers)) for _ in range(self.processes)])
-        for worker in self._workers:
-            self._idle.put_nowait(worker)
+        if self.processes:
+            self._lanes = await asyncio.to_thread(
+                lambda: [_Lane(self._numbers, self.deadline) for _ in range(self.processes)])
 
     async def stop(self) -> None:
         """The workers end; a copy prepared after this (``mailgate explain``, a host
         placing mail while the pipeline is stopped) is prepared on a thread."""
-        workers, self._workers, self._idle = self._workers, [], None
-        await asyncio.to_thread(lambda: [w.close() for w in workers])
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.shutdown(wait=False)
+        lanes, self._lanes = self._lanes, []
+        await asyncio.to_thread(lambda: [lane.close() for lane in lanes])
 
     async def prepare(self, copies: list[JournaledCopy],
                       settings: PrepareSettings) -> list[Prepared]:
-        """Each copy prepared, in order; the workers take them as they come free."""
-        return list(await asyncio.gather(*(self._one(copy, settings) for copy in copies)))
-
-    async def _one(self, copy: JournaledCopy, settings: PrepareSettings) -> Prepared:
+        """Each copy prepared, in order."""
+        if not copies:
+            return []
+        if not self._lanes:
+            return await asyncio.gather(*(self._on_thread(copy, settings) for copy in copies))
         loop = asyncio.get_running_loop()
-        if self._idle is None:
-            return await self._bounded(
-                loop.run_in_executor(self._thread, prepare, copy, settings), copy, None)
-        worker = await self._idle.get()
-        done = loop.run_in_executor(worker.thread, worker.round_trip, settings, copy)
-        prepared = await self._bounded(done, copy, worker)
-        if prepared.parse_error == "parse_timeout" or worker.process.exitcode is not None:
-            worker = await self._replace(worker)
-        self._idle.put_nowait(worker)
-        return prepared
+        lanes = self._lanes[:len(copies)]
+        for lane in lanes:
+            lane.deadline = self.deadline
+        shares = [copies[n::len(lanes)] for n in range(len(lanes))]
+        prepared = await asyncio.gather(*(loop.run_in_executor(lane.thread, lane.run, share,
+                                                                settings)
+                                          for lane, share in zip(lanes, shares)))
+        ordered: list[Prepared] = [None] * len(copies)      # type: ignore[list-item]
+        for n, share in enumerate(prepared):
+            ordered[n::len(lanes)] = share
+        return ordered
 
-    async def _bounded(self, work: Any, copy: JournaledCopy,
-                       worker: _Worker | None) -> Prepared:
-        work = asyncio.ensure_future(work)
+    async def _on_thread(self, copy: JournaledCopy, settings: PrepareSettings) -> Prepared:
+        work = asyncio.ensure_future(asyncio.to_thread(prepare, copy, settings))
         try:
             return await asyncio.wait_for(asyncio.shield(work), self.deadline)
         except asyncio.TimeoutError:
-            work.add_done_callback(_abandoned)
-            log.warning("email %s: preparing it took over %.0f s; it ends unparseable%s",
-                        copy.email_id, self.deadline,
-                        "" if worker is None else f" and {worker.name} is restarted")
-            if worker is not None:
-                worker.process.kill()       # its pending receive ends with EOFError
-            return _failed(copy, parse_error="parse_timeout")
-        except (EOFError, OSError, BrokenPipeError) as exc:
-            log.error("email %s: %s died while preparing it (%s); it ends unparseable",
-                      copy.email_id, worker.name if worker else "the preparer", exc)
-            return _failed(copy, parse_error="worker_died")
-
-    async def _replace(self, worker: _Worker) -> _Worker:
-        """A killed or dead worker is replaced by a new one, in a thread (it forks)."""
-        self._workers.remove(worker)
-        fresh = await asyncio.to_thread(self._swap, worker)
-        self._workers.append(fresh)
-        return fresh
-
-    def _swap(self, worker: _Worker) -> _Worker:
-        worker.kill()
-        return _Worker(next(self._numbers))
+            log.warning("email %s: preparing it took over %.0f s; it ends unparseable",
+                        copy.email_id, self.deadline)
+            return _failed(copy, "parse_timeout")
 
 
-def _abandoned(future: asyncio.Future) -> None:
-    """An overrun copy's round trip ends when its worker is killed: nobody waits for it."""
-    if not future.cancelled():
-        future.exception()
-
-
-def _failed(copy: JournaledCopy, *, parse_error: str) -> Prepared:
+def _failed(copy: JournaledCopy, parse_error: str) -> Prepared:
     return Prepared(email_id=copy.email_id, connector=copy.connector, source=copy.source,
                     mail_from=copy.mail_from, rcpt_to=tuple(copy.rcpt_to),
                     folder_path=copy.folder_path, parse_error=parse_error)

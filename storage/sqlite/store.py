@@ -410,10 +410,11 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise _driver_error(exc) from exc
 
-    async def journaled(self, limit: int) -> list[JournaledCopy]:
-        """Copies waiting for the pipeline, oldest first. Only the pipeline moves a copy
-        out of the journal, so the batch is read here and decided in :meth:`decide`."""
-        return await self.read(lambda t: t.journaled(limit))
+    async def journaled(self, limit: int, after: int = 0) -> list[JournaledCopy]:
+        """Copies waiting for the pipeline after email ``after``, oldest first. Only the
+        pipeline moves a copy out of the journal, so a batch is read here and decided in
+        :meth:`decide`, and the next one may be read while it is."""
+        return await self.read(lambda t: t.journaled(limit, after))
 
     async def backlog(self) -> int:
         return await self.read(lambda t: t.backlog())

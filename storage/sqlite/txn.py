@@ -85,10 +85,11 @@ class SqliteTxn(DirectorySql, OutgoingSql, PollSql):
 
     # -- the journal -----------------------------------------------------------------
 
-    async def journaled(self, limit: int) -> list[JournaledCopy]:
-        """Copies waiting for the pipeline, oldest first, with their raw bytes."""
-        rows = self._all(f"{_COPY} WHERE e.state = 'journaled' ORDER BY e.id LIMIT ?",
-                         (limit,))
+    async def journaled(self, limit: int, after: int = 0) -> list[JournaledCopy]:
+        """Copies waiting for the pipeline after email ``after``, oldest first, with their
+        raw bytes (a range over the journal's own partial index: only waiting copies)."""
+        rows = self._all(f"{_COPY} WHERE e.state = 'journaled' AND e.id > ? ORDER BY e.id"
+                         " LIMIT ?", (after, limit))
         return [_copy(r) for r in rows]
 
     async def backlog(self) -> int:
