@@ -73,7 +73,10 @@ class Gateway:
             self.events.subscribe(sender.wake)
         self.directory = Directory()
         self.intake = Intake(self.store, lambda: self.directory.book,
-                             on_received=self._count_received, on_journaled=self._wake_pipeline)
+                             on_received=self._count_received, on_journaled=self._wake_pipeline,
+                             backlog_high_water=settings.storage.backlog_high_water,
+                             on_throttle=self.metrics.observe_throttle,
+                             on_refused=self.metrics.observe_throttled_transaction)
         self.pipeline_settings = PipelineSettings(
             matching_mode=settings.matching.mode,
             hide_plus_in_from=settings.matching.hide_plus_in_from,
@@ -99,7 +102,8 @@ class Gateway:
         self.pollers = Pollers(self.store, self.intake.accept_polled,
                                observe=self.metrics.observe_poll,
                                forget=self.metrics.forget_poller,
-                               max_size=settings.lmtp.max_message_size)
+                               max_size=settings.lmtp.max_message_size,
+                               paused=self.intake.throttled)
         self.listeners: dict[str, Listener] = {}
         self.http_runner: web.AppRunner | None = None
         self.http_port: int | None = None
@@ -120,6 +124,7 @@ class Gateway:
         await seed_directory(self.directory_ops, s)
         await self.reload_directory()
         self._check_unmonitored_address()
+        await self.intake.start()           # a restart over a full journal starts throttled
         await self.pipeline.start()
         if self.delivery is not None:
             self.delivery.start()
@@ -378,6 +383,7 @@ class Gateway:
         if self.delivery is not None:
             parts.append(("delivery", self.delivery.stop))
         parts.append(("events", self.events.stop))
+        parts.append(("intake", self.intake.stop))
         parts += [("webhooks", sender.stop) for sender in self.webhooks]
         try:
             for name, stop in parts:

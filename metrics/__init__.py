@@ -118,10 +118,21 @@ class Metrics:
         self.ready = Gauge("mailgate_ready", "1 while the gateway accepts mail.", registry=r)
         self.draining = Gauge("mailgate_draining", "1 while the gateway drains on shutdown.",
                               registry=r)
+        self.intake_throttled = Gauge(
+            "mailgate_intake_throttled", "1 while the journal backlog is over its high-water "
+            "mark ([storage] backlog_high_water): new transactions get 451 4.3.2 and "
+            "mailboxes are not polled.", registry=r)
+        # Not "mailgate_intake_throttled_total": a counter's name without _total would
+        # clash with the gauge above in one registry (and in the exposition format).
+        self.throttled_transactions = Counter(
+            "mailgate_intake_throttled_transactions_total",
+            "LMTP/SMTP transactions refused at MAIL FROM with 451 4.3.2 while intake was "
+            "throttled.", ["protocol"], registry=r)
         for protocol in ("lmtp", "smtp"):
             self.sessions_active.labels(protocol)
             for cls in ("2", "4", "5"):
                 self.replies.labels(protocol, cls)
+            self.throttled_transactions.labels(protocol)
         self.store_errors.labels("sqlite", "commit")
 
     def observe_commit(self, copies: int, seconds: float, committed: bool) -> None:
@@ -130,6 +141,12 @@ class Metrics:
             return
         self.commit_seconds.labels("sqlite").observe(seconds)
         self.commit_batch.labels("sqlite").observe(copies)
+
+    def observe_throttle(self, closed: bool) -> None:
+        self.intake_throttled.set(1 if closed else 0)
+
+    def observe_throttled_transaction(self, protocol: str) -> None:
+        self.throttled_transactions.labels(protocol).inc()
 
     def observe_poll(self, status, seconds: float, ok: bool) -> None:
         """One finished poll round of a ``gateway.poller.PollerStatus``."""

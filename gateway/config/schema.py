@@ -29,6 +29,9 @@ class GatewaySection:
 class StorageSection:
     url: str = "sqlite:///./mailgate.db"
     commit_batch_max: int = 256
+    # Copies journaled and not yet decided at which new transactions get 451 4.3.2 and
+    # pollers wait, until the backlog is down to 80% of it; 0 turns the gate off.
+    backlog_high_water: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,8 @@ LISTEN_KEYS = {("lmtp", "listen"), ("smtp", "listen"), ("http", "listen")}
 POSITIVE_KEYS = {"ack_budget_per_day", "concurrency", "retry_initial", "retry_max", "max_lifetime", "max_message_size", "max_recipients", "max_line_length", "max_header_count",
                  "commit_batch_max", "window_days", "timeout", "drain_timeout",
                  "sender_window_minutes", "reopen_window_hours"}
-NON_NEGATIVE_KEYS = {"sender_budget", "reopen_budget", "unsigned_token_days"}     # 0: off
+NON_NEGATIVE_KEYS = {"sender_budget", "reopen_budget", "unsigned_token_days",    # 0: off
+                     "backlog_high_water"}
 
 
 TABLE_ARRAYS = {"connectors": BootstrapConnector, "routes": BootstrapRoute, "dkim": DkimKey,

@@ -28,6 +28,12 @@ what is there (a watermark) and fetches nothing; those messages stay untouched.
 
 A failing mailbox never takes the gateway down: the poller reports (status,
 metrics, one event per failure spell), backs off exponentially and retries.
+
+While intake's journal backlog is over its high-water mark (``paused``), a round
+opens no session and the mail stays in the mailbox; a round that intake refuses
+half-way (:class:`gateway.intake.Throttled`) ends there. Neither is the mailbox's
+failure: no ``failing`` state, no event, no backoff; the poller looks again every
+PAUSED_RECHECK seconds (or its interval, when shorter).
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterator
 
+from gateway.intake import Throttled
 from gateway.model import Connector
 from gateway.polling.mailboxes import open_mailbox
 from gateway.protocols.mailbox import Credentials, Mailbox, MailboxError, WatchUnsupported
@@ -59,6 +66,7 @@ MIN_BACKOFF = 5
 STOP_GRACE = 5.0            # seconds a stopping poller may spend logging out
 IDLE_RETRY = 30             # seconds before a failed IDLE watcher reconnects (then doubling)
 IDLE_STABLE = 300           # seconds an IDLE watch must have held for the pause to reset
+PAUSED_RECHECK = 5          # seconds between looks while intake is throttled
 
 # Intake's door for polled mail: (connector, source, folder, [(stored key, raw)]) → ids,
 # once durably committed (``Intake.accept_polled``).
@@ -146,7 +154,8 @@ class Poller:
                  journal: Journal, *, mailbox: Mailbox | None = None,
                  new_mailbox: Callable[[], Mailbox] | None = None, batch: int = BATCH,
                  observe: Callable[[PollerStatus, float, bool], None] | None = None,
-                 timeout: float | None = None, max_size: int | None = None):
+                 timeout: float | None = None, max_size: int | None = None,
+                 paused: Callable[[], bool] | None = None):
         self.ledger = store.polls           # which messages are journaled (R-I4)
         self.store = store
         self.connector = connector
@@ -161,6 +170,7 @@ class Poller:
         self.mailbox = mailbox or self.new_mailbox()
         self.batch = batch
         self.observe = observe
+        self.paused = paused        # intake's backlog gate is closed: take nothing now
         self.status = PollerStatus(connector.name, connector.protocol)
         self.scope = mailbox_scope(connector, credentials)
         self._task: asyncio.Task | None = None
@@ -234,11 +244,16 @@ class Poller:
             self._started_rounds += 1
             number = self._started_rounds
             started = time.monotonic()
-            ok = await self._round()
             interval = self.connector.poll_interval
-            delay = interval if ok else backoff(self.status.failures, interval)
-            if self.observe is not None:
-                self.observe(self.status, time.monotonic() - started, ok)
+            # None: intake is throttled (before the round or during it); the mail stays
+            # on the server, and that is nobody's failure.
+            ok = None if self.paused is not None and self.paused() else await self._round()
+            if ok is None:
+                delay = min(interval, PAUSED_RECHECK)
+            else:
+                delay = interval if ok else backoff(self.status.failures, interval)
+                if self.observe is not None:
+                    self.observe(self.status, time.monotonic() - started, ok)
             self.status.next_poll_at = time.time() + delay
             waiting = []
             for wanted, future in self._waiters:
@@ -284,7 +299,9 @@ class Poller:
             failures = 1 if loop.time() - started > IDLE_STABLE else failures + 1
             await asyncio.sleep(backoff(failures, IDLE_RETRY))
 
-    async def _round(self) -> bool:
+    async def _round(self) -> bool | None:
+        """True when the round succeeded, False when it failed, None when intake refused
+        the mail (backlog over its high-water mark) and the round stopped there."""
         status = self.status
         status.rounds += 1
         result = RoundResult()
@@ -292,6 +309,12 @@ class Poller:
             await self.poll_once(result)
         except asyncio.CancelledError:
             raise
+        except Throttled:
+            status.last_round_fetched = result.fetched      # journaled before the gate shut
+            status.fetched_total += result.fetched
+            log.debug("poller %s: intake is throttled; the rest stays on the server",
+                      self.connector.name)
+            return None
         except (MailboxError, StoreError, OSError, asyncio.TimeoutError) as exc:
             return await self._failed(str(exc) or exc.__class__.__name__, result)
         except Exception as exc:  # a bug must not end the poller for good

@@ -27,8 +27,9 @@ class Pollers:
                  observe: Callable[[PollerStatus, float, bool], None] | None = None,
                  forget: Callable[[str, str], None] | None = None,
                  timeout: float | None = None, mailbox_factory: Callable | None = None,
-                 max_size: int | None = None):
+                 max_size: int | None = None, paused: Callable[[], bool] | None = None):
         self.store = store
+        self.paused = paused                      # intake's backlog gate (Poller.paused)
         self.max_size = max_size                  # the gateway's size limit for a message
         self.mailbox_factory = mailbox_factory    # (connector, credentials) -> Mailbox
         self.journal = journal
@@ -77,7 +78,8 @@ class Pollers:
                                lambda c=connector, creds=credentials: factory(c, creds))
                 poller = Poller(self.store, connector, credentials, self.journal,
                                 new_mailbox=new_mailbox, observe=self.observe,
-                                timeout=self.timeout, max_size=self.max_size)
+                                timeout=self.timeout, max_size=self.max_size,
+                                paused=self.paused)
             except Exception as exc:  # one broken connector must not stop the others
                 log.error("poller %s: cannot start: %s", name, exc)
                 continue

@@ -1,7 +1,7 @@
 """What the LMTP and SMTP listeners share: aiosmtpd sessions that journal before replying.
 
 aiosmtpd keeps the wire protocol (commands, STARTTLS, AUTH); this module
-changes four things, each for a reason:
+changes five things, each for a reason:
 
 - DATA is read in chunks (``data.read_data``) and answered by the subclass:
   one reply per accepted recipient for LMTP (RFC 2033; aiosmtpd issue #517),
@@ -11,6 +11,8 @@ changes four things, each for a reason:
   ENHANCEDSTATUSCODES.
 - Any internal error answers ``451 4.3.0`` (aiosmtpd's default is a ``500``,
   which makes the MTA bounce mail we could have taken later).
+- ``MAIL FROM`` is answered ``451 4.3.2`` while intake's backlog gate is closed
+  (``Intake.admit``); a transaction past MAIL FROM is never refused for it.
 - ``MAIL FROM``/``RCPT TO`` with a plain ``<local@domain>`` skip the stdlib's
   header-grammar parser (a third of a bare server's CPU in the bench profiles);
   anything else still goes through aiosmtpd's parser.
@@ -28,7 +30,7 @@ from typing import Any, Callable
 
 from aiosmtpd.smtp import SMTP, syntax
 
-from gateway.intake import Intake, RecipientResult
+from gateway.intake import THROTTLED_REPLY, Intake, RecipientResult
 from gateway.protocols.aiosmtpd_fixes import SmtpWorkarounds
 from gateway.protocols.data import DataLimits, read_data
 
@@ -100,6 +102,10 @@ class GatewayHandler:
 
     async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:
+        if not self.intake.admit(server.source):
+            # The journal backlog is over its high-water mark: a new transaction is told
+            # to come back before it sends DATA (R-I1: 4xx, the MTA keeps the mail).
+            return THROTTLED_REPLY
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender ok"

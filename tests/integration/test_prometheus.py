@@ -83,6 +83,6 @@ async def test_a_real_prometheus_scrapes_the_gateway_and_evaluates_every_rule(ga
             return rules, float(waiting["value"][1])
 
     rules, waiting = await asyncio.to_thread(run)
-    assert len(rules) == 11
+    assert len(rules) == 12                          # MailgateIntakeThrottled too
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
     assert waiting == 1.0
