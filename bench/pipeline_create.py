@@ -62,6 +62,7 @@ async def one_round(count: int, size: int, work: Path) -> float:
                 Copy(raw=raw, connector="bench", source="imap", folder_path="INBOX",
                      message_id=scan_message_id(raw))
                 for raw in raws[start:start + JOURNAL_COMMIT]])
+        await gw.pipeline.preparer.start()      # its worker processes, before the clock
         started = time.perf_counter()
         await gw.pipeline.start()
         await gw.pipeline.drain(600)

@@ -147,6 +147,7 @@ class EmailRecord:
     peer: str | None = None
     helo: str | None = None
     folder_path: str | None = None
+    summary: dict | None = None         # the headers shown (gateway.mail_summary), if made
 
 
 # -- work items (R-W1, R-W2) ------------------------------------------------------------

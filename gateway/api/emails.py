@@ -1,43 +1,36 @@
 """``/api/v1/emails``: find stored copies by Message-ID, read one, fetch its raw bytes."""
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
-from email import policy
-from email.parser import BytesParser
 
 from aiohttp import web
 
 from gateway.api.body import paging
 from gateway.api.errors import api_error
-from gateway.intake import header_block
+from gateway.mail_summary import header_summary
 from gateway.model import EmailRecord
+from storage.base import Store
 
 
 def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _headers(raw: bytes) -> list[tuple[str, str]]:
-    """Decoded header fields, in order; for people reading the API, not for decisions."""
-    parsed = BytesParser(policy=policy.default).parsebytes(header_block(raw) + b"\r\n\r\n",
-                                                          headersonly=True)
-    fields = []
-    for name, value in parsed.raw_items():
-        try:
-            text = str(parsed.policy.header_factory(name, value))
-        except Exception:  # a malformed header is shown as it came
-            text = str(value)
-        fields.append((name, text))
-    return fields
+async def summary_of(store: Store, record: EmailRecord) -> dict:
+    """The headers shown: stored with the decision; for a copy still waiting (or decided
+    by an earlier release) made now, bounded, on a thread: never on the event loop."""
+    if record.summary is not None:
+        return record.summary
+    return await asyncio.to_thread(header_summary, await store.raw(record.id) or b"")
 
 
-def email_json(record: EmailRecord, raw: bytes, *, detail: bool = False) -> dict:
-    headers = _headers(raw)
-    subject = next((v for n, v in headers if n.lower() == "subject"), None)
+async def email_json(store: Store, record: EmailRecord, *, detail: bool = False) -> dict:
+    summary = await summary_of(store, record)
     body = {
         "id": record.id,
         "message_id": record.message_id,
-        "subject": subject,
+        "subject": summary.get("subject"),
         "connector": record.connector,
         "direction": record.direction,
         "source": record.source,
@@ -54,7 +47,7 @@ def email_json(record: EmailRecord, raw: bytes, *, detail: bool = False) -> dict
     if detail:
         body["peer"] = record.peer
         body["helo"] = record.helo
-        body["headers"] = [{"name": n, "value": v} for n, v in headers]
+        body["headers"] = [{"name": n, "value": v} for n, v in summary.get("headers", [])]
         body["trace"] = record.trace
     return body
 
@@ -78,7 +71,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
             message_id = f"<{message_id}>"
         store = request.app[key].store
         records = await store.emails_by_message_id(message_id)
-        items = [email_json(r, await store.raw(r.id) or b"") for r in records]
+        items = [await email_json(store, r) for r in records]
         return web.json_response({"emails": items})
 
     async def one(request: web.Request) -> web.Response:
@@ -87,8 +80,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         record = await store.email(email_id) if email_id is not None else None
         if record is None:
             return api_error(404, "not_found", f"no email {request.match_info['id']}", "id")
-        return web.json_response(email_json(record, await store.raw(record.id) or b"",
-                                            detail=True))
+        return web.json_response(await email_json(store, record, detail=True))
 
     async def raw(request: web.Request) -> web.Response:
         email_id = _email_id(request)
@@ -104,7 +96,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         after, limit = page
         store = request.app[key].store
         records = await store.unprocessed(limit, after)
-        items = [email_json(r, await store.raw(r.id) or b"") for r in records]
+        items = [await email_json(store, r) for r in records]
         return web.json_response({"emails": items})
 
     async def reprocess(request: web.Request) -> web.Response:

@@ -199,7 +199,7 @@ def register(router: web.UrlDispatcher, key: web.AppKey) -> None:
         for email_id in await gateway.workitems.workitem_emails(item.ref):
             record = await gateway.store.email(email_id)
             if record is not None:
-                found.append(email_json(record, await gateway.store.raw(email_id) or b""))
+                found.append(await email_json(gateway.store, record))
         return web.json_response({"emails": found})
 
     @_operation(key, lost_sender=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
+from gateway.mail_summary import message_summary
 from gateway.model import Route, WorkItem
 from gateway.outbound.compose import compose_ack
 from gateway.pipeline.ack_policy import never_automated
@@ -150,11 +151,10 @@ class Apply:
             subject=mail.subject, in_reply_to=mail.message_id,
             domain=ctx.settings.message_id_domain, mode=ctx.settings.matching_mode,
             hide_plus_in_from=ctx.settings.hide_plus_in_from, tokens=ctx.settings.tokens)
-        raw = message.as_bytes()
         email_id = await ctx.txn.store_outgoing(
-            raw, connector=ctx.connector.name, message_id=message_id,
+            message.as_bytes(), connector=ctx.connector.name, message_id=message_id,
             mail_from=ctx.connector.primary_address, rcpt_to=[*to, *cc],
-            automated=True)
+            automated=True, summary=message_summary(message))
         await ctx.txn.attach_email(item.ref, email_id, "sent")
         await ctx.txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=True)
         ctx.note(f"acknowledgement queued as email {email_id}")

@@ -16,14 +16,18 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from gateway.mail import Mail, ParseLimits
 from gateway.mail_classes import CLASSIFIER, Classifier, bounce_of
+from gateway.mail_summary import header_summary
 from gateway.pipeline import fingerprints
 from gateway.pipeline.autogen_rules import detect
 from gateway.tokens import SIGNATURE
 from gateway.workitems import rules as workitems
-from storage.base import JournaledCopy
+
+if TYPE_CHECKING:       # a worker imports no more than preparing needs
+    from storage.base import JournaledCopy
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 BODY_TAG = re.compile(rf"\[WI-({_UUID})(?:\.({SIGNATURE}))?\]")
@@ -83,6 +87,10 @@ def prepare(copy: JournaledCopy, settings: PrepareSettings = PrepareSettings()) 
     envelope = dict(email_id=copy.email_id, connector=copy.connector, source=copy.source,
                     mail_from=copy.mail_from, rcpt_to=tuple(copy.rcpt_to),
                     folder_path=copy.folder_path)
+    try:
+        envelope["summary"] = header_summary(copy.raw)
+    except Exception:               # the headers shown are a courtesy; the copy goes on
+        envelope["summary"] = {}
     try:
         return _prepare(copy, settings, envelope)
     except Exception as exc:        # a bug on one copy must not take the batch down

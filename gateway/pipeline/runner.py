@@ -236,7 +236,8 @@ class Runner(Worker):
         sender = ctx.sender if ctx is not None and verdict.outcome not in _NOT_INTAKE else None
         await txn.set_outcome(email_id, outcome=verdict.outcome,
                               reason=verdict.reason or None, targets=verdict.targets,
-                              trace=trace, f1=f1, connector=copy.connector, sender=sender)
+                              trace=trace, f1=f1, connector=copy.connector, sender=sender,
+                              summary=copy.summary)
         if verdict.outcome in ("unprocessed", "ignored"):
             await txn.emit(f"email.{verdict.outcome}", email_id=email_id,
                            connector=copy.connector, reason=verdict.reason)
@@ -334,7 +335,8 @@ class Runner(Worker):
                           (time.perf_counter() - started) * 1000).to_json()]
             await txn.set_outcome(email_id, outcome=verdict.outcome,
                                   reason=verdict.reason or None, targets=verdict.targets,
-                                  trace=trace, f1=ctx.f1, connector=copy.connector)
+                                  trace=trace, f1=ctx.f1, connector=copy.connector,
+                                  summary=mail.summary)
             return verdict
 
         return await self.store.decide(job, durable=True)

@@ -10,11 +10,15 @@ sends each copy back as soon as it is prepared, so a copy that overruns
 back with ``parse_timeout`` (it ends unprocessed, ``unparseable``, its raw bytes
 kept: R-U1, reliability A12), and the rest of the share goes to the replacement.
 
-Workers are forked from a clean ``forkserver`` process that has imported the
-preparation code once, so starting or replacing one takes milliseconds and never
-copies the gateway's threads or sockets. The settings preparation reads go to each
-worker once, and again only when they change. Each worker has a thread of ours that
-talks to it (a pipe's send and receive block; the event loop must not).
+A worker is a fresh interpreter running this module (``python -m
+gateway.pipeline.workers``) over a socket pair: it copies none of the gateway's
+threads, sockets or state, and it imports only the preparation code. (Python's
+``multiprocessing`` start methods either fork a process that has threads, or import
+the host's ``__main__`` again in every worker, which would re-run an embedding
+host's program.) Starting one takes a few hundred milliseconds, at start and after
+a kill. The settings preparation reads go to each worker once, and again only when
+they change. Each worker has a thread of ours that talks to it (a socket's send and
+receive block; the event loop must not).
 
 With ``processes=0`` (or once stopped) copies are prepared on a thread of this
 process instead, for hosts that cannot start processes and for ``mailgate
@@ -25,8 +29,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import multiprocessing
 import os
+import signal
+import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 
@@ -36,8 +43,6 @@ from storage.base import JournaledCopy
 log = logging.getLogger("mailgate.pipeline")
 
 DEADLINE = 20.0         # seconds one copy may take (reliability A12)
-_CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["gateway.pipeline.prepare"])
 
 
 def serve(conn: Connection) -> None:
@@ -57,23 +62,28 @@ def serve(conn: Connection) -> None:
 
 
 class _Worker:
-    """One worker process and the pipe to it."""
+    """One worker process and the socket to it. It ends when the socket closes."""
 
     def __init__(self, number: int):
         self.name = f"prepare-{number}"
-        ours, theirs = _CONTEXT.Pipe()
-        self.conn = ours
-        self.process = _CONTEXT.Process(target=serve, args=(theirs,), name=self.name,
-                                        daemon=True)
-        self.process.start()
-        theirs.close()
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        with theirs:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway.pipeline.workers", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        self.conn = Connection(ours.detach())
         self.settings: PrepareSettings | None = None
 
     def close(self, *, kill: bool = False) -> None:
         if kill:
             self.process.kill()
         self.conn.close()
-        self.process.join(timeout=5)
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class _Lane:
@@ -134,7 +144,7 @@ class Preparer:
         self._numbers = itertools.count(1)
 
     async def start(self) -> None:
-        if self.processes:
+        if self.processes and not self._lanes:
             self._lanes = await asyncio.to_thread(
                 lambda: [_Lane(self._numbers, self.deadline) for _ in range(self.processes)])
 
@@ -178,3 +188,12 @@ def _failed(copy: JournaledCopy, parse_error: str) -> Prepared:
     return Prepared(email_id=copy.email_id, connector=copy.connector, source=copy.source,
                     mail_from=copy.mail_from, rcpt_to=tuple(copy.rcpt_to),
                     folder_path=copy.folder_path, parse_error=parse_error)
+
+
+if __name__ == "__main__":      # a worker: python -m gateway.pipeline.workers <socket fd>
+    # A stop is the gateway's to make: it drains, then closes the socket. A Ctrl-C in a
+    # terminal or a service manager's SIGTERM to the whole group must not end a worker
+    # in the middle of a copy (the copy would come back as if it had killed it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    serve(Connection(int(sys.argv[1])))

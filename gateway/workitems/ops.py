@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 
 from gateway.directory.snapshot import Directory
+from gateway.mail_summary import message_summary
 from gateway.model import Connector, RuleViolation, WorkItem
 from gateway.outbound.compose import Composing, compose_agent_mail, plain_address, plus_tagged
 from gateway.workitems import rules as workitems
@@ -182,7 +183,7 @@ class WorkItemOps:
             email_id = await txn.store_outgoing(
                 message.as_bytes(), connector=sender.name, message_id=message_id,
                 mail_from=sender.primary_address, rcpt_to=[*to_tagged, *cc_tagged],
-                automated=False)
+                automated=False, summary=message_summary(message))
             await txn.attach_email(item.ref, email_id, "sent")
             if share_with_linked:
                 for linked_ref in dict.fromkeys(shared):

@@ -20,17 +20,20 @@ class OutgoingSql:
     def _all(self, sql: str, params: Iterable = ()) -> list: ...
 
     async def store_outgoing(self, raw: bytes, *, connector: str, message_id: str,
-                             mail_from: str, rcpt_to: list[str], automated: bool) -> int:
-        """Keep ``raw`` as an outgoing email and queue it for delivery; its email id."""
+                             mail_from: str, rcpt_to: list[str], automated: bool,
+                             summary: dict | None = None) -> int:
+        """Keep ``raw`` as an outgoing email and queue it for delivery; its email id.
+        ``summary``: the headers the API shows."""
         message = self.conn.execute(
             "INSERT INTO messages (raw, size, received_at) VALUES (?, ?, ?)",
             (raw, len(raw), self.now)).lastrowid
         email_id = self.conn.execute(
             "INSERT INTO emails (message, connector, source, direction, mail_from, rcpt_to,"
-            " message_id, received_at, state, automated, processed_at)"
-            " VALUES (?, ?, 'gateway', 'outgoing', ?, ?, ?, ?, 'done', ?, ?)",
+            " message_id, received_at, state, automated, processed_at, summary)"
+            " VALUES (?, ?, 'gateway', 'outgoing', ?, ?, ?, ?, 'done', ?, ?, ?)",
             (message, connector, mail_from, json.dumps(rcpt_to), message_id,
-             self.now, int(automated), self.now)).lastrowid
+             self.now, int(automated), self.now,
+             json.dumps(summary) if summary else None)).lastrowid
         self.conn.execute("INSERT INTO outbound_queue (email_id, next_attempt_at, created_at)"
                           " VALUES (?, ?, ?)", (email_id, self.now, self.now))
         if automated:       # R-B3: what the acknowledgement budget counts, by recipient

@@ -31,7 +31,7 @@ _COPY = ("SELECT e.id, e.connector, e.source, e.mail_from, e.rcpt_to, e.folder_p
          " FROM emails e JOIN messages m ON m.id = e.message")
 _EMAIL_COLUMNS = ("e.id, e.connector, e.source, e.direction, e.mail_from, e.rcpt_to,"
                   " e.message_id, e.received_at, m.size, e.state, e.outcome, e.reason,"
-                  " e.targets, e.trace, e.peer, e.helo, e.folder_path")
+                  " e.targets, e.trace, e.peer, e.helo, e.folder_path, e.summary")
 _EMAILS = f"SELECT {_EMAIL_COLUMNS} FROM emails e JOIN messages m ON m.id = e.message"
 INSERT_EVENT = ("INSERT INTO events (type, ref, email_id, data, created_at)"
                 " VALUES (?, ?, ?, ?, ?)")
@@ -61,13 +61,14 @@ def _copy(row: Any) -> JournaledCopy:
 
 def _email(row: Any) -> EmailRecord:
     (email_id, connector, source, direction, mail_from, rcpt_to, message_id, received_at,
-     size, state, outcome, reason, targets, trace, peer, helo, folder_path) = row
+     size, state, outcome, reason, targets, trace, peer, helo, folder_path, summary) = row
     return EmailRecord(id=email_id, connector=connector, source=source, direction=direction,
                        mail_from=mail_from, rcpt_to=json.loads(rcpt_to),
                        message_id=message_id, received_at=received_at, size=size,
                        state=state, outcome=outcome, reason=reason,
                        targets=json.loads(targets), trace=json.loads(trace), peer=peer,
-                       helo=helo, folder_path=folder_path)
+                       helo=helo, folder_path=folder_path,
+                       summary=json.loads(summary) if summary else None)
 
 
 class SqliteTxn(DirectorySql, OutgoingSql, PollSql):
@@ -329,11 +330,14 @@ class BatchTxn(SqliteTxn):
 
     async def set_outcome(self, email_id: int, *, outcome: str, reason: str | None,
                           targets: list[dict], trace: list[dict], f1: str | None,
-                          connector: str | None = None, sender: str | None = None) -> None:
+                          connector: str | None = None, sender: str | None = None,
+                          summary: dict | None = None) -> None:
         """Record the decision; written by :meth:`flush` at the end of the batch.
-        ``sender``: the copy counts against that sender's budget (R-B3)."""
+        ``sender``: the copy counts against that sender's budget (R-B3); ``summary``:
+        the headers the API shows."""
         self._outcomes.append((outcome, reason, json.dumps(targets), json.dumps(trace), f1,
-                               self.now, sender, email_id))
+                               self.now, sender, json.dumps(summary) if summary else None,
+                               email_id))
         if f1 and connector:
             self._batch_f1.setdefault((connector, f1), email_id)
         if sender and connector:
@@ -388,8 +392,8 @@ class BatchTxn(SqliteTxn):
         if self._outcomes:
             self.conn.executemany(
                 "UPDATE emails SET state = 'done', outcome = ?, reason = ?, targets = ?,"
-                " trace = ?, f1 = ?, processed_at = ?, sender = COALESCE(?, sender)"
-                " WHERE id = ?", self._outcomes)
+                " trace = ?, f1 = ?, processed_at = ?, sender = COALESCE(?, sender),"
+                " summary = COALESCE(?, summary) WHERE id = ?", self._outcomes)
         if self._events:
             self.conn.executemany(INSERT_EVENT, self._events)
         if self._fingerprints:
