@@ -76,7 +76,8 @@ def from_address(connector: Connector, item: WorkItem, mode: str,
 
 def _compose(*, item: WorkItem, connector: Connector, to: list[str], cc: list[str],
              subject: str, in_reply_to: str | None, domain: str, mode: str,
-             hide_plus_in_from: bool, tokens: Tokens = Tokens()) -> tuple[EmailMessage, str]:
+             hide_plus_in_from: bool, tokens: Tokens = Tokens(), date: str | None = None,
+             message_id: str | None = None) -> tuple[EmailMessage, str]:
     """What every mail about a work item carries: From (R-O2), Message-ID (R-O3), threading."""
     message = EmailMessage(policy=WIRE_POLICY)
     tagged = from_address(connector, item, mode, tokens)
@@ -89,8 +90,8 @@ def _compose(*, item: WorkItem, connector: Connector, to: list[str], cc: list[st
     if cc:
         message["Cc"] = ", ".join(clean_header(a) for a in cc)
     message["Subject"] = subject
-    message["Date"] = formatdate(localtime=False)
-    message_id = new_message_id(item, domain, tokens)
+    message["Date"] = date or formatdate(localtime=False)
+    message_id = message_id or new_message_id(item, domain, tokens)
     message["Message-ID"] = message_id
     reference = clean_header(in_reply_to or "")
     if _MESSAGE_ID.fullmatch(reference):    # anything else would be junk in the header
@@ -99,22 +100,86 @@ def _compose(*, item: WorkItem, connector: Connector, to: list[str], cc: list[st
     return message, message_id
 
 
+def _ack_subject(item: WorkItem, subject: str) -> str:
+    original = clean_header(subject)[:900]
+    return f"[{item.ref}] {original}" if original else f"[{item.ref}]"
+
+
+def _ack_text(item: WorkItem, tokens: Tokens) -> str:
+    return (f"We have received your message and registered it as {item.ref}.\n"
+            f"Please keep {item.ref} in the subject of any reply.\n\n"
+            f"{body_tag(item, tokens)}\n")
+
+
 def compose_ack(*, item: WorkItem, subject: str, **common) -> tuple[EmailMessage, str]:
     """R-O5: acknowledge a new work item; marked automated so replies to it are ignored (R-A3).
 
-    ``common``: connector, to, cc, in_reply_to, domain, mode, hide_plus_in_from, tokens.
+    ``common``: connector, to, cc, in_reply_to, domain, mode, hide_plus_in_from, tokens
+    (and ``date``, ``message_id`` to give them instead of making them).
     """
-    original = clean_header(subject)[:900]
-    message, message_id = _compose(
-        item=item, subject=f"[{item.ref}] {original}" if original else f"[{item.ref}]",
-        **common)
+    message, message_id = _compose(item=item, subject=_ack_subject(item, subject), **common)
     message["Auto-Submitted"] = "auto-generated"
     message["X-Auto-Response-Suppress"] = "All"
-    message.set_content(
-        f"We have received your message and registered it as {item.ref}.\n"
-        f"Please keep {item.ref} in the subject of any reply.\n\n"
-        f"{body_tag(item, common.get('tokens', Tokens()))}\n")
+    message.set_content(_ack_text(item, common.get("tokens", Tokens())))
     return message, message_id
+
+
+def ack_bytes(*, item: WorkItem, subject: str, connector: Connector, to: list[str],
+              cc: list[str], in_reply_to: str | None, domain: str, mode: str,
+              hide_plus_in_from: bool, tokens: Tokens = Tokens()) -> tuple[bytes, str, dict]:
+    """:func:`compose_ack` as bytes, written directly: (raw, Message-ID, the summary the API
+    shows). Building an ``EmailMessage`` parses every header it is given (addresses
+    above all), milliseconds per acknowledgement on the pipeline's writer; the bytes
+    are the same (tests/unit/test_outbound.py pins them). Anything out of the ordinary —
+    an address that is not plain ASCII, a Message-ID that would need folding — is
+    composed through the email package instead."""
+    date, message_id = formatdate(localtime=False), new_message_id(item, domain, tokens)
+    tagged = from_address(connector, item, mode, tokens)
+    sender = [("From", connector.primary_address), ("Reply-To", tagged)] \
+        if hide_plus_in_from and tagged != connector.primary_address else [("From", tagged)]
+    reference = clean_header(in_reply_to or "")
+    threading = [("In-Reply-To", reference), ("References", reference)] \
+        if _MESSAGE_ID.fullmatch(reference) else []
+    subject_text = _ack_subject(item, subject)
+    fields = [*sender, ("To", ", ".join(clean_header(a) for a in to)),
+              *([("Cc", ", ".join(clean_header(a) for a in cc))] if cc else []),
+              ("Subject", subject_text), ("Date", date), ("Message-ID", message_id),
+              *threading, ("Auto-Submitted", "auto-generated"),
+              ("X-Auto-Response-Suppress", "All")]
+    addresses = [a for name, a in fields if name in ("From", "Reply-To")] + [*to, *cc]
+    plain = all(plain_address(a) for a in addresses) and \
+        all(len(name) + 2 + len(value) <= WIRE_POLICY.max_line_length
+            for name, value in fields if name != "Subject")
+    if not plain:
+        message, message_id = compose_ack(
+            item=item, subject=subject, connector=connector, to=to, cc=cc,
+            in_reply_to=in_reply_to, domain=domain, mode=mode,
+            hide_plus_in_from=hide_plus_in_from, tokens=tokens, date=date,
+            message_id=message_id)
+        return message.as_bytes(), message_id, _summary(fields)
+    lines = [_folded(name, value) if name == "Subject"
+             else f"{name}: {value}\r\n".encode("ascii") for name, value in fields]
+    lines.append(b'Content-Type: text/plain; charset="utf-8"\r\n'
+                 b"Content-Transfer-Encoding: 7bit\r\nMIME-Version: 1.0\r\n\r\n")
+    lines.append(_ack_text(item, tokens).replace("\n", "\r\n").encode("ascii"))
+    return b"".join(lines), message_id, _summary(fields)
+
+
+_VERBATIM = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")    # printable ASCII, single spaces
+
+
+def _folded(name: str, value: str) -> bytes:
+    """One header as the email package writes it (RFC 2047 for non-ASCII text); plain
+    ASCII that fits a line is written as it is, which is what the package writes too."""
+    if _VERBATIM.fullmatch(value) and len(name) + 2 + len(value) <= WIRE_POLICY.max_line_length \
+            and "=?" not in value:
+        return f"{name}: {value}\r\n".encode("ascii")
+    return WIRE_POLICY.fold_binary(name, WIRE_POLICY.header_factory(name, value))
+
+
+def _summary(fields: list[tuple[str, str]]) -> dict:
+    return {"subject": next(v for n, v in fields if n == "Subject"),
+            "headers": [[n, v] for n, v in fields]}
 
 
 def compose_agent_mail(*, item: WorkItem, subject: str, body: str,

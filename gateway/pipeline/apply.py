@@ -10,9 +10,8 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-from gateway.mail_summary import message_summary
 from gateway.model import Route, WorkItem
-from gateway.outbound.compose import compose_ack
+from gateway.outbound.compose import ack_bytes
 from gateway.pipeline.ack_policy import never_automated
 from gateway.pipeline.context import Context, Verdict
 from gateway.pipeline.dedup import already_received, remember
@@ -146,15 +145,15 @@ class Apply:
         if not recipients:
             return
         to, cc = recipients[:1], recipients[1:]
-        message, message_id = compose_ack(
+        raw, message_id, summary = ack_bytes(
             item=item, connector=ctx.connector, to=to, cc=cc,
             subject=mail.subject, in_reply_to=mail.message_id,
             domain=ctx.settings.message_id_domain, mode=ctx.settings.matching_mode,
             hide_plus_in_from=ctx.settings.hide_plus_in_from, tokens=ctx.settings.tokens)
         email_id = await ctx.txn.store_outgoing(
-            message.as_bytes(), connector=ctx.connector.name, message_id=message_id,
+            raw, connector=ctx.connector.name, message_id=message_id,
             mail_from=ctx.connector.primary_address, rcpt_to=[*to, *cc],
-            automated=True, summary=message_summary(message))
+            automated=True, summary=summary)
         await ctx.txn.attach_email(item.ref, email_id, "sent")
         await ctx.txn.emit("outbound.queued", ref=item.ref, email_id=email_id, automated=True)
         ctx.note(f"acknowledgement queued as email {email_id}")

@@ -66,3 +66,43 @@ def test_header_injection_through_the_subject_is_impossible(evil):
 
 def test_clean_header_keeps_ordinary_text():
     assert clean_header("  Grüße, bitte\tantworten ") == "Grüße, bitte\tantworten"
+
+
+# -- the acknowledgement written directly (ack_bytes) ---------------------------------------
+
+_ALPHABET = "abcXYZ 019 .,:;!?'\"()[]<>@=_-\t\r\n" + "éü—日本\u00a0\u2028\x00"
+
+
+def _ack_cases():
+    import random
+    rnd = random.Random(7)
+    for n in range(400):
+        subject = "".join(rnd.choice(_ALPHABET) for _ in range(rnd.randint(0, 140)))
+        if n % 10 == 0:
+            subject = "=?utf-8?q?x?= " + subject
+        if n % 37 == 0:
+            subject = "x" * 990
+        yield dict(subject=subject,
+                   cc=rnd.choice([[], ["dave@customer.test"], ["d@x.test", "e+1@y.test"]]),
+                   to=[rnd.choice(["carol@customer.test", "Carol <carol@customer.test>",
+                                   "jörg@müller.test", "a b@c.test"])],
+                   in_reply_to=rnd.choice([LONG_ID, None, "<a@b>", "junk", "<" + "y" * 990 + "@z>"]),
+                   mode=rnd.choice(["off", "mixed", "plus_only"]),
+                   hide_plus_in_from=rnd.random() < 0.5)
+
+
+def test_r_o5_an_ack_written_directly_is_byte_for_byte_what_the_email_package_writes(
+        monkeypatch):
+    """The pipeline writes acknowledgements without building an EmailMessage (that parses
+    every header, milliseconds an ack); the bytes must not change for that: the same
+    encoded words, folding, injection protection. Date and Message-ID are pinned."""
+    from gateway.outbound import compose
+    monkeypatch.setattr(compose, "formatdate", lambda localtime=False: "Mon, 07 Dec 2026 "
+                                                                        "22:01:00 -0000")
+    monkeypatch.setattr(compose, "new_message_id", lambda item, domain, tokens=None: "<m@x>")
+    for case in _ack_cases():
+        fields = dict(item=ITEM, connector=FR, domain="gw1.mailgate", **case)
+        raw, message_id, summary = compose.ack_bytes(**fields)
+        message, _ = compose.compose_ack(**fields)
+        assert raw == message.as_bytes(), case
+        assert message_id == "<m@x>" and summary["subject"].startswith("[12-T]"), case
