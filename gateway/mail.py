@@ -11,6 +11,8 @@ headerregistry parser is used only for address headers a fast path cannot read (
 Hostile input never raises (A11-A13). An oversized or over-long header block, deep MIME
 nesting and floods of parts are refused before the parser sees them. The reason goes into
 ``parse_error`` and the affected views are empty. 8-bit text is decoded with replacement.
+An address header has a budget (``MAX_ADDRESSES``, ``STRICT_PARSE_*``, R-H4): what it
+leaves unread is ignored, never guessed at, and said in ``parse_notes``.
 """
 from __future__ import annotations
 
@@ -60,14 +62,56 @@ _MSG_ID = re.compile(r"<\s*([^<>\s]{1,993})\s*>")
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
 _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
 _ADDR = rf"{_DOT_ATOM}@{_DOT_ATOM}"
-_QUOTED = r'"(?:[ \t!#-\[\]-~]|\\[ -~])*"'
-# One list item in the common shapes: `a@b` or `Name <a@b>` / `"Name, Q." <a@b>`.
+# Non-ASCII text the strict parser reads in a name as it reads atext: not surrogates (a
+# defect), not what str.isspace() calls whitespace (its lstrip() takes that after a blank).
+_NON_ASCII = ("\x80-\x84\x86-\x9f\xa1-\u167f\u1681-\u1fff\u200b-\u2027\u202a-\u202e"
+              "\u2030-\u205e\u2060-\u2fff\u3001-\ud7ff\ue000-\U0010ffff")
+_QUOTED = rf'"(?:[{_NON_ASCII} \t!#-\[\]-~]|\\[ -~])*"'
+# One list item in the common shapes: `a@b` or `Name <a@b>` / `"Name, Q." <a@b>` (names
+# may be 8-bit: `Jörg <j@example.org>`).
 _SIMPLE_ITEM = re.compile(rf"[ \t]*({_ADDR})[ \t]*(?=,|\Z)"
-                          rf"|[ \t]*(?:(?:[{_ATEXT}]|{_QUOTED})(?:[. \t{_ATEXT}]|{_QUOTED})*)?"
+                          rf"|[ \t]*(?:(?:[{_NON_ASCII}{_ATEXT}]|{_QUOTED})"
+                          rf"(?:[{_NON_ASCII}. \t{_ATEXT}]|{_QUOTED})*)?"
                           rf"<({_ADDR})>[ \t]*(?=,|\Z)")
-_ITEM_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\Z)|\((?:[^()\\]|\\.)*(?:\)|\Z)'
+# A quoted string or comment runs to the end if unclosed, a lone `\` at the end included:
+# a token that could fail after a long scan would be scanned again from every `"`.
+_ITEM_TOKEN = re.compile(r'"(?:[^"\\]|\\.?)*(?:"|\Z)|\((?:[^()\\]|\\.?)*(?:\)|\Z)'
                          r'|<[^<>]*>?|[^",(<]+|,|.', re.S)
-_STRICT_MAX = 8192
+# What one address header (every field of one name: From, To or Cc) may cost (A12, R-H4).
+# The header block is capped (256 KiB), and the fast path reads it in linear time (~20 ms
+# for a full block), but the strict parser headerregistry uses costs 60-200 us a call and
+# 6-45 us a byte, more on crafted input: 26,666 `a@b@c@d` items took 4 s, one 8 KB item
+# of comments 1.5 s (quadratic). The caps count per header, not per field, so the result
+# never depends on which stage read the header first; what they leave out is ignored
+# (never guessed at) and listed in ``Mail.parse_notes``.
+MAX_ADDRESSES = 10_000
+"""Items read from one address header; later ones are ignored. R-B3 acknowledges at most
+10 CC'd people and intake takes 1,000 RCPTs, but a To of 5,000 ordinary addresses is read
+whole (tests/unit/test_mail.py)."""
+STRICT_PARSE_ITEMS = 1_000
+"""Items of one address header that may go to the strict parser (the fast path reads the
+common shapes without it); beyond, such items count as invalid."""
+STRICT_PARSE_BYTES = 16 * 1024
+"""Bytes of one address header that may go to the strict parser: ~0.4 s at the worst found
+(50 KB of `. . .` items, on two shared cores), ~0.1 s on ordinary items."""
+_STRICT_MAX = 8192          # a field parsed whole by the strict parser; longer: item by item
+_STRICT_RUN = 256
+# The strict parser rescans the text up to the next blank for every token it reads, so a
+# long run without a blank is quadratic. No addr-spec is longer than 254 octets (RFC 5321
+# 4.5.3.1.3); text with a longer run is never given to it.
+_LONG_RUN = re.compile(rf"(?:^|(?<=[ \t]))[^ \t]{{{_STRICT_RUN + 1}}}")
+# An item of only atext, dots, blanks and two or more `@` is never a mailbox: the strict
+# parser rejects every one (all 770,422 of up to 8 characters of `a-.@ \t` were checked;
+# the tests check up to 5).
+_AT_RUN = re.compile(rf"[. \t{_ATEXT}]*@[. \t{_ATEXT}]*@[. \t@{_ATEXT}]*")
+# An encoded-word where the strict parser reads one as a word of a display name: after
+# the start, a blank or a comma, before a blank (else it notes a defect), outside quoted
+# strings (inside, it is a defect). Its text must not start with `=` unless `=XX`: the
+# parser ends the word at the first `?=`. A quoted string may run to the end (linear).
+_EW_CHARS = r"[A-Za-z0-9!#$%&'*+/=^_`{|}~.-]+"          # atext and dots, without `?`
+_EW_OR_QUOTED = re.compile(rf'"(?:[^"\\]|\\.?)*(?:"|\Z)|(?<![^ \t,])=\?{_EW_CHARS}\?[QqBb]\?'
+                           rf'(?!=(?![0-9A-Fa-f]{{2}})){_EW_CHARS}\?=(?=[ \t])', re.S)
+_EW_UNCLEAN = re.compile("[\x00-\x08\n-\x1f\x7f\ud800-\udfff]")   # what it calls a defect
 _NEEDS_QUOTES = re.compile(r'[\x00-\x20()<>\[\]:;@\\,"]|^\.|\.$|\.\.')
 _TOLERATED = (ObsoleteHeaderDefect, NonASCIILocalPartDefect)
 _SHAPE = re.compile(rb"(?:\A|(?<=[\r\n]))(?:content-type:[ \t]*([^\r\n]*(?:" + _EOL
@@ -128,6 +172,7 @@ class Mail:
         self.rcpt_to = tuple(rcpt_to)
         self.folder_path = folder_path
         self.limits = limits
+        self._address_notes: dict[str, list[str]] = {}
 
     def __repr__(self) -> str:
         return f"<Mail id={self.email_id} connector={self.connector} size={len(self.raw)}>"
@@ -182,7 +227,9 @@ class Mail:
         values = self._header[0].get("from", ())
         if len(set(values)) != 1:
             return None
-        found, invalid = _addresses(values[0])
+        budget = _AddressBudget()
+        found, invalid = _addresses(values[0], budget)
+        self._address_notes["from"] = budget.notes("From")
         return found[0] if len(found) == 1 and not invalid else None
 
     @_lazy
@@ -194,11 +241,23 @@ class Mail:
         return self._address_list("cc")
 
     def _address_list(self, name: str) -> list[str]:
-        """Valid mailboxes of every ``name`` field; invalid items are dropped (A7)."""
+        """Valid mailboxes of every ``name`` field; invalid items are dropped (A7). The
+        fields share one budget (``MAX_ADDRESSES`` …); what it leaves out is noted."""
         found: list[str] = []
+        budget = _AddressBudget()
         for value in self._header[0].get(name, ()):
-            found.extend(_addresses(value)[0])
+            found.extend(_addresses(value, budget)[0])
+        self._address_notes[name] = budget.notes(name.capitalize())
         return list(dict.fromkeys(found))
+
+    @property
+    def parse_notes(self) -> list[str]:
+        """What reading this copy's address headers left out on purpose (their caps, A12),
+        one line per header, for the decision trace; empty for ordinary mail. Reads From,
+        To and Cc if no stage has yet."""
+        for name in ("from_address", "to_addresses", "cc_addresses"):
+            getattr(self, name)
+        return [note for name in ("from", "to", "cc") for note in self._address_notes.get(name, ())]
 
     @_lazy
     def content_type(self) -> str:
@@ -255,8 +314,8 @@ class Mail:
         start = len(block) + 2 * len(eol)
         if self.raw[len(block):start] != (eol * 2).encode():
             return None
-        charset = _CHARSET.search(ctype)
-        return _Body(None, _text(self.raw[start:], charset[1] if charset else None))
+        charset = _CHARSET.search(ctype)      # decoded in place: no copy of a large body
+        return _Body(None, _text(memoryview(self.raw)[start:], charset[1] if charset else None))
 
     @property
     def text_body(self) -> str:
@@ -387,8 +446,8 @@ def _codec(charset: str | None) -> str:
     return info.name
 
 
-def _text(data: bytes, charset: str | None) -> str:
-    return data.decode(_codec(charset), "replace")
+def _text(data: bytes | memoryview, charset: str | None) -> str:
+    return str(data, _codec(charset), "replace")
 
 
 def _unescape(value: str) -> str:
@@ -405,59 +464,173 @@ def _msg_ids(value: str) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def _addresses(value: str) -> tuple[list[str], bool]:
+class _AddressBudget:
+    """What reading one address header may still cost, and what it left out."""
+    __slots__ = ("ignored", "items", "strict_bytes", "strict_items", "unparsed")
+
+    def __init__(self) -> None:
+        self.items = MAX_ADDRESSES
+        self.strict_items = STRICT_PARSE_ITEMS
+        self.strict_bytes = STRICT_PARSE_BYTES
+        self.ignored = 0            # items past MAX_ADDRESSES
+        self.unparsed = 0           # items kept from the strict parser: over its budget, too long
+
+    def strict(self, value: str) -> bool:
+        """Spend the strict parser's budget on ``value``, if it may have it."""
+        if (not self.strict_items or len(value) > self.strict_bytes
+                or _LONG_RUN.search(value) is not None):
+            return False
+        self.strict_items -= 1
+        self.strict_bytes -= len(value)
+        return True
+
+    def take(self, found: list[str], invalid: bool, items: int) -> tuple[list[str], bool]:
+        """Count ``items`` (or the mailboxes found, if more) against ``MAX_ADDRESSES``."""
+        if len(found) > self.items:
+            self.ignored += len(found) - self.items
+            found, invalid = found[:self.items], True
+        self.items -= min(self.items, max(items, len(found)))
+        return found, invalid
+
+    def notes(self, header: str) -> list[str]:
+        notes = []
+        if self.ignored:
+            notes.append(f"{header}: {self.ignored:,} address items past the first "
+                         f"{MAX_ADDRESSES:,} ignored")
+        if self.unparsed:
+            notes.append(f"{header}: {self.unparsed:,} address items not read (the strict "
+                         f"parser's budget of {STRICT_PARSE_ITEMS:,} items and "
+                         f"{STRICT_PARSE_BYTES:,} bytes, or a run of over {_STRICT_RUN} "
+                         "characters without a blank) and taken as invalid")
+        return notes
+
+
+def _addresses(value: str, budget: _AddressBudget | None = None) -> tuple[list[str], bool]:
     """Lower-case addr-specs of an address-list field, and whether any item was invalid.
 
     Common shapes are read by ``_SIMPLE_ITEM``; anything else (comments, groups, encoded
     words, non-ASCII, crafted input) goes to the strict parser headerregistry uses (A7),
     which never yields the wrong addr-spec for ``alice@example.org <evil@attacker.test>``.
-    That parser is quadratic in the field's length (A12), so long fields go item by item.
+    That parser is slow and quadratic in places (A12), so long fields go item by item and
+    ``budget`` (one per header) bounds what it is given; an item it is not given, or one
+    past ``MAX_ADDRESSES``, counts as invalid. The cost is linear in the field's length.
     """
-    if "=?" not in value:
-        found, pos = [], 0
-        while (item := _SIMPLE_ITEM.match(value, pos)) is not None:
-            found.append((item[1] or item[2]).lower())
-            if item.end() == len(value):
-                return found, False
-            pos = item.end() + 1
-    if len(value) <= _STRICT_MAX:
-        return _strict_addresses(value)
+    budget = _AddressBudget() if budget is None else budget
+    if not budget.items:
+        budget.ignored += _count_items(value)
+        return [], True
+    fast = _fast_addresses(value, budget)
+    if fast is not None:
+        return fast
+    if len(value) <= _STRICT_MAX and budget.strict(value):
+        found, invalid = _strict_addresses(value)
+        return budget.take(found, invalid, 0)
     found, invalid = [], False
-    for item in _split_items(value):
-        more, bad = _addresses(item) if len(item) <= _STRICT_MAX else ([], True)
+    items = _iter_items(value)
+    for item in items:
+        if not budget.items:
+            budget.ignored += sum(1 for rest in (item, *items) if rest.strip(" \t"))
+            return found, True
+        more, bad = _item_addresses(item, budget)
         found.extend(more)
         invalid = invalid or bad
     return found, invalid
+
+
+def _fast_addresses(value: str, budget: _AddressBudget) -> tuple[list[str], bool] | None:
+    """Every item in a common shape, read by ``_SIMPLE_ITEM``; None when one is not.
+    Display names may hold encoded-words (``=?utf-8?q?J=C3=B6rg?= <j@example.org>``)."""
+    if "=?" in value:
+        value = _EW_OR_QUOTED.sub(_as_atom, value)
+        if "=?" in value:
+            return None
+    found, pos = [], 0
+    while (item := _SIMPLE_ITEM.match(value, pos)) is not None:
+        if len(found) == budget.items:
+            budget.ignored += _count_items(value[pos:])
+            budget.items = 0
+            return found, True
+        found.append((item[1] or item[2]).lower())
+        if item.end() == len(value):
+            budget.items -= len(found)
+            return found, False
+        pos = item.end() + 1
+    return None
+
+
+def _as_atom(word: re.Match) -> str:
+    """An encoded-word the strict parser decodes without a defect becomes a plain atom: it
+    is a word of a display name, which does not change the mailbox; the rest stays."""
+    text = word[0]
+    if text[0] == '"':
+        return text
+    try:
+        decoded, _, _, defects = _addr_parser._ew.decode(text)     # as the parser does
+    except (ValueError, KeyError):
+        return text
+    return text if defects or _EW_UNCLEAN.search(decoded) else "x"
+
+
+def _item_addresses(item: str, budget: _AddressBudget) -> tuple[list[str], bool]:
+    """One item of a long field (no comma outside quotes, comments or brackets)."""
+    fast = _fast_addresses(item, budget)
+    if fast is not None:
+        return fast
+    if not item.strip(" \t"):
+        return [], False                    # what the strict parser says of blanks
+    if len(item) > _STRICT_MAX or _AT_RUN.fullmatch(item) is not None:
+        return budget.take([], True, 1)
+    if not budget.strict(item):
+        budget.unparsed += 1
+        return budget.take([], True, 1)
+    found, invalid = _strict_addresses(item)
+    return budget.take(found, invalid, 1)
 
 
 def _strict_addresses(value: str) -> tuple[list[str], bool]:
     found, invalid = [], False
     try:
         tree, _ = _addr_parser.get_address_list(value)
+        boxes = tree.all_mailboxes
     except Exception:  # a parser bug on crafted input: nothing here is trustworthy
         return [], True
-    for box in tree.all_mailboxes:
-        if (box.token_type != "mailbox" or not box.local_part or not box.domain
-                or any(not isinstance(d, _TOLERATED) for d in box.all_defects)):
+    for box in boxes:
+        try:
+            if (box.token_type != "mailbox" or not box.local_part or not box.domain
+                    or any(not isinstance(d, _TOLERATED) for d in box.all_defects)):
+                invalid = True
+                continue
+            local = box.local_part
+        except Exception:  # its properties too: IndexError on `<=?utf-8?q??= @x>`
             invalid = True
             continue
-        local = box.local_part
         if _NEEDS_QUOTES.search(local):
             local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
         found.append(f"{local}@{box.domain}".lower())
     return found, invalid
 
 
-def _split_items(value: str) -> list[str]:
-    """Split at commas outside quoted strings, comments and angle brackets."""
-    items, current = [], []
-    for token in _ITEM_TOKEN.findall(value):
-        if token == ",":
-            items.append("".join(current))
+def _iter_items(value: str):
+    """The items of an address list: split at commas outside quoted strings, comments
+    and angle brackets; one regex pass, so stopping early costs only what was read."""
+    current: list[str] = []
+    for token in _ITEM_TOKEN.finditer(value):
+        if token[0] == ",":
+            yield "".join(current)
             current = []
         else:
-            current.append(token)
-    return items + ["".join(current)]
+            current.append(token[0])
+    yield "".join(current)
+
+
+def _count_items(value: str) -> int:
+    """How many items ``value`` holds (blank ones not counted)."""
+    return sum(1 for item in _iter_items(value) if item.strip(" \t"))
+
+
+def _split_items(value: str) -> list[str]:
+    """Split at commas outside quoted strings, comments and angle brackets."""
+    return list(_iter_items(value))
 
 
 def _prescan(raw: bytes, limits: ParseLimits) -> str | None:
