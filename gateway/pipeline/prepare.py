@@ -57,6 +57,7 @@ class Prepared:
     folder_path: str | None = None
     parse_error: str | None = None
     parse_seconds: float = 0.0
+    parse_notes: tuple[str, ...] = ()            # what the parse left out (R-H4 budgets)
     failure: str | None = None
     message_id: str | None = None
     in_reply_to: tuple[str, ...] = ()
@@ -124,7 +125,7 @@ def _prepare(copy: JournaledCopy, settings: PrepareSettings, envelope: dict) -> 
     for tag in BODY_TAG.finditer(body):
         tags.setdefault(tag.group(1).lower(), []).append(tag.group(2))
     return Prepared(
-        **envelope, parse_seconds=seconds,
+        **envelope, parse_seconds=seconds, parse_notes=tuple(mail.parse_notes),
         message_id=mail.message_id, in_reply_to=tuple(mail.in_reply_to),
         references=tuple(mail.references), subject=mail.subject,
         from_address=mail.from_address, to_addresses=tuple(mail.to_addresses),

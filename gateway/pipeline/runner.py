@@ -251,6 +251,8 @@ class Runner(Worker):
                       settings=settings, txn=txn)
         problem = mail.parse_error
         self.observer.stage("parse", mail.parse_seconds)
+        if mail.parse_notes and problem is None:
+            ctx.trace.append(TraceLine("parse", "pass", "; ".join(mail.parse_notes)))
         if problem is not None or known is None:
             reason = "unparseable" if problem else "rejected_by_rule"
             detail = problem or f"connector {mail.connector!r} no longer exists"

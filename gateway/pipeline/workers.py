@@ -69,8 +69,9 @@ class _Worker:
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         with theirs:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway.pipeline.workers", str(theirs.fileno())],
+            self.process = subprocess.Popen(   # -P: the working directory is not on its path
+                [sys.executable, "-P", "-m", "gateway.pipeline.workers",
+                 str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
         self.conn = Connection(ours.detach())
         self.settings: PrepareSettings | None = None
