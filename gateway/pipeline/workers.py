@@ -143,15 +143,22 @@ class Preparer:
         self.deadline = deadline
         self._lanes: list[_Lane] = []
         self._numbers = itertools.count(1)
+        self._started = False
 
     async def start(self) -> None:
-        if self.processes and not self._lanes:
+        """From now on copies go to worker processes; they are started with the first
+        copy (a gateway that gets no mail starts none)."""
+        self._started = True
+
+    async def _ensure_lanes(self) -> None:
+        if self._started and self.processes and not self._lanes:
             self._lanes = await asyncio.to_thread(
                 lambda: [_Lane(self._numbers, self.deadline) for _ in range(self.processes)])
 
     async def stop(self) -> None:
         """The workers end; a copy prepared after this (``mailgate explain``, a host
         placing mail while the pipeline is stopped) is prepared on a thread."""
+        self._started = False
         lanes, self._lanes = self._lanes, []
         await asyncio.to_thread(lambda: [lane.close() for lane in lanes])
 
@@ -160,6 +167,7 @@ class Preparer:
         """Each copy prepared, in order."""
         if not copies:
             return []
+        await self._ensure_lanes()
         if not self._lanes:
             return await asyncio.gather(*(self._on_thread(copy, settings) for copy in copies))
         loop = asyncio.get_running_loop()
