@@ -12,43 +12,41 @@ fields, the length of each value decoded and kept.
 """
 from __future__ import annotations
 
-from email import policy
+import re
 from email.message import EmailMessage
-from email.parser import BytesParser
+
+from gateway.mail import decode_words
 
 MAX_HEADER_BYTES = 64 * 1024     # of the header block
 MAX_FIELDS = 100
 MAX_VALUE = 2000                 # characters of one value, decoded and kept
-_PARSER = BytesParser(policy=policy.default)
+_FIELD_BREAK = re.compile(r"\r?\n(?![ \t])")       # a line that does not continue the field
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
 
 
 def header_summary(raw: bytes) -> dict:
     """``{"subject": str | None, "headers": [[name, value], ...]}`` of ``raw``'s header
-    block; a value cut short ends with "…", and ``truncated`` says when fields were
-    left out."""
+    block: each field unfolded, its RFC 2047 words decoded, 8-bit text read as UTF-8; a
+    value cut short ends with "…", and ``truncated`` says when fields were left out. No
+    header is parsed for its structure: what people read is what the sender wrote."""
     block, cut = _header_block(raw)
-    parsed = _PARSER.parsebytes(block + b"\r\n\r\n", headersonly=True)
-    items = list(parsed.raw_items())
+    text = block.decode("utf-8", "replace")
     fields: list[list[str]] = []
-    for name, value in items:
+    lines = _FIELD_BREAK.split(text)
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not _NAME.fullmatch(name):
+            continue                # not a field (the feed parser would call it a defect)
         if len(fields) == MAX_FIELDS:
+            cut = True
             break
-        fields.append([name, _decoded(name, value)])
+        fields.append([name, _shown(decode_words(_FOLD.sub("", value[:MAX_VALUE * 2]).strip()))])
     subject = next((v for n, v in fields if n.lower() == "subject"), None)
     summary: dict = {"subject": subject, "headers": fields}
-    if cut or len(items) > MAX_FIELDS:
+    if cut:
         summary["truncated"] = True
     return summary
-
-
-def _decoded(name: str, value: str) -> str:
-    cut = len(value) > MAX_VALUE
-    value = value[:MAX_VALUE]
-    try:
-        text = str(policy.default.header_factory(name, value))
-    except Exception:       # a malformed field is shown as it came
-        text = str(value)
-    return text[:MAX_VALUE] + ("…" if cut or len(text) > MAX_VALUE else "")
 
 
 def _header_block(raw: bytes) -> tuple[bytes, bool]:
