@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from multiprocessing.connection import Connection
 
 from gateway.pipeline.prepare import Prepared, PrepareSettings, prepare
@@ -46,8 +47,9 @@ DEADLINE = 20.0         # seconds one copy may take (reliability A12)
 
 
 def serve(conn: Connection) -> None:
-    """A worker's life: settings, then shares of copies, each copy answered as soon as it
-    is prepared, until the pipe closes."""
+    """A worker's life: settings, then shares of copies (the copies without their bytes,
+    then each copy's bytes), each copy answered as soon as it is prepared, until the
+    pipe closes."""
     settings = PrepareSettings()
     while True:
         try:
@@ -57,7 +59,8 @@ def serve(conn: Connection) -> None:
         if kind == "settings":
             settings = payload
             continue
-        for copy in payload:
+        copies = [replace(copy, raw=conn.recv_bytes()) for copy in payload]
+        for copy in copies:
             conn.send(prepare(copy, settings))
 
 
@@ -124,7 +127,11 @@ class _Lane:
         if settings is not self.worker.settings:
             self.worker.conn.send(("settings", settings))
             self.worker.settings = settings
-        self.worker.conn.send(("copies", copies))
+        # The raw bytes go as they are, after the rest: pickling a copy would copy them
+        # (a 33 MB message would cost 33 MB more on each side).
+        self.worker.conn.send(("copies", [replace(copy, raw=b"") for copy in copies]))
+        for copy in copies:
+            self.worker.conn.send_bytes(copy.raw)
 
     def _replace(self) -> None:
         self.worker.close(kill=True)

@@ -74,6 +74,7 @@ async def read_data(reader: asyncio.StreamReader, limits: DataLimits) -> DataRes
         return DataResult(None, f"500 5.5.2 Line too long: {longest} octets, the limit is "
                           f"{limits.max_line_length} (RFC 5321 4.5.3.1.6)")
     content = b"".join(parts)
+    parts.clear()           # the chunks go before unstuffing may copy the message again
     content = unstuff(content)
     fields = count_header_fields(content, limits.max_header_count)
     if fields > limits.max_header_count:

@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 from gateway.model import Copy, EmailRecord
 from storage.base import MESSAGE_ID_COPIES, CommitObserver, JournaledCopy, StoreError
+from storage.sqlite.blobs import STREAM_AT, insert_message
 from storage.sqlite.ports import SqliteOutboundQueue, SqlitePollLedger
 from storage.sqlite.txn import BatchTxn, SqliteTxn
 
@@ -349,7 +350,11 @@ class SqliteStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany("INSERT INTO messages (id, raw, size, received_at)"
-                             " VALUES (?, ?, ?, ?)", message_rows)
+                             " VALUES (?, ?, ?, ?)",
+                             [row for row in message_rows if row[2] <= STREAM_AT])
+            for message_id, raw, size, received_at in message_rows:
+                if size > STREAM_AT:
+                    insert_message(conn, message_id, raw, received_at)
             conn.executemany(
                 "INSERT INTO emails (id, message, connector, source, mail_from, rcpt_to,"
                 " message_id, folder_path, peer, helo, received_at)"

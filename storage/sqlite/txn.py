@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 from gateway.model import EmailRecord, WorkItem
 from storage.base import EmailState, JournaledCopy
+from storage.sqlite.blobs import inline_raw, message_raw
 from storage.sqlite.directory import DirectorySql
 from storage.sqlite.outbound import OutgoingSql
 from storage.sqlite.polls import PollSql
@@ -27,8 +28,8 @@ _ITEM_COLUMNS = ("ref, kind, uuid, connector, mode, state, wait_type, new_info, 
                  " split_into, merged_into, converted_to, linked, copied_from, contacts,"
                  " custom_data, send_automated_emails, created_at, updated_at")
 _ITEM_MARKS = ", ".join("?" * (_ITEM_COLUMNS.count(",") + 2))
-_COPY = ("SELECT e.id, e.connector, e.source, e.mail_from, e.rcpt_to, e.folder_path, m.raw"
-         " FROM emails e JOIN messages m ON m.id = e.message")
+_COPY = ("SELECT e.id, e.connector, e.source, e.mail_from, e.rcpt_to, e.folder_path, m.id,"
+         f" {inline_raw()} FROM emails e JOIN messages m ON m.id = e.message")
 _EMAIL_COLUMNS = ("e.id, e.connector, e.source, e.direction, e.mail_from, e.rcpt_to,"
                   " e.message_id, e.received_at, m.size, e.state, e.outcome, e.reason,"
                   " e.targets, e.trace, e.peer, e.helo, e.folder_path, e.summary")
@@ -53,10 +54,6 @@ def _item(row: Any) -> WorkItem:
                     updated_at=updated_at)
 
 
-def _copy(row: Any) -> JournaledCopy:
-    email_id, connector, source, mail_from, rcpt_to, folder_path, raw = row
-    return JournaledCopy(email_id, connector, source, mail_from, tuple(json.loads(rcpt_to)),
-                         folder_path, bytes(raw))
 
 
 def _email(row: Any) -> EmailRecord:
@@ -91,14 +88,20 @@ class SqliteTxn(DirectorySql, OutgoingSql, PollSql):
         raw bytes (a range over the journal's own partial index: only waiting copies)."""
         rows = self._all(f"{_COPY} WHERE e.state = 'journaled' AND e.id > ? ORDER BY e.id"
                          " LIMIT ?", (after, limit))
-        return [_copy(r) for r in rows]
+        return [self._copy(r) for r in rows]
 
     async def backlog(self) -> int:
         return self._one("SELECT COUNT(*) FROM emails WHERE state = 'journaled'")[0]
 
     async def copy(self, email_id: int) -> JournaledCopy | None:
         row = self._one(f"{_COPY} WHERE e.id = ?", (email_id,))
-        return _copy(row) if row else None
+        return self._copy(row) if row else None
+
+    def _copy(self, row: Any) -> JournaledCopy:
+        email_id, connector, source, mail_from, rcpt_to, folder_path, message, raw = row
+        return JournaledCopy(email_id, connector, source, mail_from,
+                             tuple(json.loads(rcpt_to)), folder_path,
+                             message_raw(self.conn, message, raw))
 
     async def email_state(self, email_id: int) -> EmailState | None:
         row = self._one("SELECT outcome, direction, trace, state FROM emails WHERE id = ?",
@@ -130,9 +133,9 @@ class SqliteTxn(DirectorySql, OutgoingSql, PollSql):
         return [_email(r) for r in rows]
 
     async def raw(self, email_id: int) -> bytes | None:
-        row = self._one("SELECT m.raw FROM emails e JOIN messages m ON m.id = e.message"
-                        " WHERE e.id = ?", (email_id,))
-        return bytes(row[0]) if row else None
+        row = self._one(f"SELECT m.id, {inline_raw()} FROM emails e"
+                        " JOIN messages m ON m.id = e.message WHERE e.id = ?", (email_id,))
+        return message_raw(self.conn, *row) if row else None
 
     async def count_emails(self) -> int:
         return self._one("SELECT COUNT(*) FROM emails")[0]
