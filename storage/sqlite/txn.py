@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 from gateway.model import EmailRecord, WorkItem
 from storage.base import EmailState, JournaledCopy
-from storage.sqlite.blobs import inline_raw, message_raw
+from storage.sqlite.blobs import SIZE, inline_raw, message_raw
 from storage.sqlite.directory import DirectorySql
 from storage.sqlite.outbound import OutgoingSql
 from storage.sqlite.polls import PollSql
@@ -31,7 +31,7 @@ _ITEM_MARKS = ", ".join("?" * (_ITEM_COLUMNS.count(",") + 2))
 _COPY = ("SELECT e.id, e.connector, e.source, e.mail_from, e.rcpt_to, e.folder_path, m.id,"
          f" {inline_raw()} FROM emails e JOIN messages m ON m.id = e.message")
 _EMAIL_COLUMNS = ("e.id, e.connector, e.source, e.direction, e.mail_from, e.rcpt_to,"
-                  " e.message_id, e.received_at, m.size, e.state, e.outcome, e.reason,"
+                  f" e.message_id, e.received_at, {SIZE}, e.state, e.outcome, e.reason,"
                   " e.targets, e.trace, e.peer, e.helo, e.folder_path, e.summary")
 _EMAILS = f"SELECT {_EMAIL_COLUMNS} FROM emails e JOIN messages m ON m.id = e.message"
 INSERT_EVENT = ("INSERT INTO events (type, ref, email_id, data, created_at)"
