@@ -194,6 +194,12 @@ class PipelineTxn(Txn, Protocol):
     async def savepoint(self, action: str) -> None: ...   # begin | rollback | release
     async def flush(self) -> None: ...
 
+    def others_waiting(self) -> bool:
+        """True while a journal commit waits for this transaction to end (a store with
+        one writer). A long batch then commits what it has decided and goes on in a new
+        transaction: a ``250`` waits for at most a slice of a batch, not all of it."""
+        ...
+
 
 # -- small ports ----------------------------------------------------------------------------
 

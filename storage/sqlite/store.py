@@ -128,7 +128,7 @@ class _Job:
     future: asyncio.Future
     copies: list[Copy] | None = None
     work: Callable[[Any], Awaitable[Any]] | None = None
-    txn: type[SqliteTxn] = SqliteTxn
+    txn: Callable[[sqlite3.Connection], SqliteTxn] = SqliteTxn
     dry_run: bool = False
     durable: bool = True
 
@@ -151,6 +151,7 @@ class SqliteStore:
         self._reader = _Connection(path, "store-reader",
                                    ("PRAGMA busy_timeout=5000", "PRAGMA query_only=ON"))
         self._pending: collections.deque[_Job] = collections.deque()
+        self._journal_jobs = 0      # of them, journal commits (read by the writer's thread)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -222,6 +223,8 @@ class SqliteStore:
         if self._closing or self._broken or self._task is None or self._task.done():
             raise StoreError("store is closed")
         self._pending.append(job)
+        if job.copies is not None:
+            self._journal_jobs += 1
         self._wakeup.set()
         return job.future
 
@@ -255,7 +258,9 @@ class SqliteStore:
             result = await work(txn)
             await txn.flush()       # what waited in the batch is written with it
             return result
-        return await self._submit(_Job(self._future(), work=and_flush, txn=BatchTxn,
+        def batch_txn(conn: sqlite3.Connection) -> BatchTxn:
+            return BatchTxn(conn, others_waiting=self._journal_pending)
+        return await self._submit(_Job(self._future(), work=and_flush, txn=batch_txn,
                                        dry_run=dry_run, durable=durable))
 
     async def _run_writer(self) -> None:
@@ -263,6 +268,7 @@ class SqliteStore:
             if self._broken:
                 while self._pending:
                     job = self._pending.popleft()
+                    self._journal_jobs -= job.copies is not None
                     if not job.future.done():
                         job.future.set_exception(StoreError("store refuses writes"))
                 return
@@ -289,12 +295,15 @@ class SqliteStore:
                 if batch and count + len(job.copies) > self.batch_max:
                     break
                 self._pending.remove(job)
+                self._journal_jobs -= 1
                 batch.append(job)
                 count += len(job.copies)
             await self._commit_copies(batch, count)
 
     def _journal_pending(self) -> bool:
-        return any(job.copies is not None for job in self._pending)
+        """A journal commit waits. Also asked from the writer's thread, in the middle of a
+        pipeline batch (``BatchTxn.others_waiting``): a plain int, written only by the loop."""
+        return self._journal_jobs > 0
 
     def _set_sync(self, full: bool) -> None:
         """FULL for anything acknowledged; NORMAL only for work that can be redone."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from gateway.model import EmailRecord, WorkItem
 from storage.base import EmailState, JournaledCopy
@@ -312,8 +312,10 @@ class BatchTxn(SqliteTxn):
     up here meanwhile (R-D2, R-D3 within a batch). Rolling back a copy's savepoint drops
     its events and fingerprints too."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection,
+                 others_waiting: Callable[[], bool] | None = None):
         super().__init__(conn)
+        self.others_waiting = others_waiting or (lambda: False)
         self._outcomes: list[tuple] = []
         self._events: list[tuple] = []
         self._fingerprints: dict[tuple[str, str], tuple] = {}   # (target, value) → row

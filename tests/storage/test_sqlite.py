@@ -247,6 +247,31 @@ async def test_a_waiting_acknowledgement_passes_queued_work(sqlite_url, open_at)
     assert sorted(order) == ["journal", "w0", "w1", "w2", "w3"]
 
 
+async def test_r_h4_a_pipeline_batch_knows_when_a_journal_commit_waits_behind_it(store):
+    """What lets the runner end a long batch early (DECIDE_SLICE): on the writer's thread,
+    in the middle of a batch, others_waiting() turns true once a journal commit is queued,
+    and it is false again for the next batch once that commit is done."""
+    started, seen = threading.Event(), threading.Event()
+
+    async def batch(txn) -> tuple[bool, bool]:
+        before = txn.others_waiting()
+        started.set()
+        seen.wait(10)
+        return before, txn.others_waiting()
+
+    running = asyncio.ensure_future(store.decide(batch))
+    assert await asyncio.to_thread(started.wait, 10)
+    acked = asyncio.ensure_future(store.journal([copy(raw(1))]))
+    await asyncio.sleep(0)
+    seen.set()
+    assert await running == (False, True)
+    await acked
+
+    async def next_batch(txn) -> bool:
+        return txn.others_waiting()
+    assert await store.decide(next_batch) is False
+
+
 async def test_the_first_fingerprint_stays_with_its_email(store, db_path):
     await store.transaction(lambda t: t.remember("desk@corp.test", ["F1"], 1))
 

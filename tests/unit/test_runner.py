@@ -125,6 +125,38 @@ async def test_a_batch_run_again_copy_by_copy_still_commits_as_one(start_gateway
         assert other.execute("SELECT COUNT(*) FROM work_items").fetchone()[0] == 4
 
 
+async def test_r_h4_while_journal_commits_wait_a_batch_is_decided_in_slices(start_gateway,
+                                                                            monkeypatch):
+    """Every copy is decided once, in order, with the outcome a whole batch would give,
+    when each slice ends after one copy (a journal commit always waiting, no time)."""
+    gw = await start_gateway()
+    await gw.pipeline.stop()
+    gw.pipeline.slice = 0.0
+    slices: list[int] = []
+    real_decide = gw.store.decide
+
+    async def decide(work, **kw):
+        async def always_waited_for(txn):
+            txn.others_waiting = lambda: True
+            taken, verdicts = await work(txn)
+            slices.append(taken)
+            return taken, verdicts
+        return await real_decide(always_waited_for, **kw)
+
+    monkeypatch.setattr(gw.store, "decide", decide)
+    raws = [RAW.replace(b"<runner@", b"<s%d@" % n).replace(b"hello\r\n", b"hello %d\r\n" % n)
+            for n in range(5)]
+    raws.append(raws[1])        # the same bytes again: a duplicate of a copy one slice back
+    ids = await gw.store.journal([Copy(raw=raw, connector="support", source="lmtp")
+                                  for raw in raws])
+    await gw.pipeline.start()
+    await gw.pipeline.drain()
+    records = [await gw.store.email(i) for i in ids]
+    assert [r.outcome for r in records] == ["created"] * 5 + ["duplicate"]
+    assert slices == [1] * 6
+    assert len({r.targets[0]["ref"] for r in records[:5]}) == 5
+
+
 async def test_r_u1_a_copy_placed_by_a_person_while_its_batch_was_read_is_not_decided_again(
         start_gateway, tmp_path):
     gw = await start_gateway()
