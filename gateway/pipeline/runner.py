@@ -193,6 +193,11 @@ class Runner(Worker):
         elif self._ahead is not None:
             ahead, self._ahead = self._ahead, None
             copies = await ahead
+            if not copies:
+                # Read before the wake-up that a commit since then gave was cleared: only
+                # a read made now may send the runner to sleep, or that copy would wait
+                # for the next delivery.
+                copies = await self._read_and_prepare(after=0)
         else:
             copies = await self._read_and_prepare(after=0)
         if not copies:

@@ -157,6 +157,23 @@ async def test_r_h4_while_journal_commits_wait_a_batch_is_decided_in_slices(star
     assert len({r.targets[0]["ref"] for r in records[:5]}) == 5
 
 
+async def test_a_copy_committed_after_the_read_ahead_found_nothing_is_decided_next(
+        start_gateway):
+    """The next batch is read while this one is decided. A copy committed after that read
+    found nothing (its wake-up then cleared as the runner went on) is decided by the next
+    batch, not left journaled until some later delivery wakes the runner."""
+    gw = await start_gateway()
+    runner = gw.pipeline
+    await runner.stop()
+    await gw.store.journal([Copy(raw=RAW, connector="support", source="lmtp")])
+    assert [v.outcome for v, _ in await runner.process_batch()] == ["created"]
+    assert await runner._ahead == []            # the read-ahead ran, and found nothing
+    later = RAW.replace(b"hello\r\n", b"hello again\r\n").replace(b"<runner@", b"<later@")
+    [email_id] = await gw.store.journal([Copy(raw=later, connector="support", source="lmtp")])
+    assert [v.outcome for v, _ in await runner.process_batch()] == ["created"]
+    assert (await gw.store.email(email_id)).state == "done"
+
+
 async def test_r_u1_a_copy_placed_by_a_person_while_its_batch_was_read_is_not_decided_again(
         start_gateway, tmp_path):
     gw = await start_gateway()
