@@ -119,9 +119,12 @@ class DefaultGatewaySection:
 
 @dataclass(frozen=True)
 class DkimKey:
+    """One ``[[outbound.dkim]]`` table. A domain may have two, one per algorithm: RSA
+    beside Ed25519 signs each mail twice (RFC 8463), for receivers of either kind."""
     domain: str = ""
     selector: str = ""
     key_file: str = ""
+    algorithm: str = "rsa-sha256"       # or "ed25519-sha256" (RFC 8463)
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,7 @@ CHOICES = {
     ("gateway", "event_loop"): ("auto", "asyncio", "uvloop"),
     ("matching", "mode"): ("off", "mixed", "plus_only"),
     ("outbound.default_gateway", "tls"): ("none", "starttls", "implicit"),
+    ("outbound.dkim", "algorithm"): ("rsa-sha256", "ed25519-sha256"),
     ("directory.connectors", "service"): presets.SERVICES,
     ("directory.connectors", "protocol"): ("", *presets.PROTOCOLS),
     ("directory.routes", "kind"): ("Ticket", "Case"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from gateway.config import DkimKey
 from gateway.outbound.dkim import DkimSigner
@@ -41,6 +41,19 @@ def make_key(directory: Path, name: str, bits: int = 2048,
     spki = key.public_key().public_bytes(serialization.Encoding.DER,
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
     return path, b"v=DKIM1; k=rsa; p=" + base64.b64encode(spki)
+
+
+def make_ed25519_key(directory: Path, name: str) -> tuple[Path, bytes]:
+    """A PKCS#8 PEM Ed25519 key file (as `openssl genpkey -algorithm ed25519` writes)
+    and its TXT record, whose p= is the raw 32-byte public key (RFC 8463 §4)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    path = directory / f"{name}.ed25519.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+    return path, b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +191,36 @@ def test_r_o4_key_saved_with_crlf_line_ends_still_loads(tmp_path, dns, keys):
     assert dkim.verify(signed, dnsfunc=dns)
 
 
-def test_r_o4_domain_configured_twice_is_an_error(keys):
+def test_r_o4_domain_configured_twice_with_one_algorithm_is_an_error(keys):
     path = str(keys["example.com"][0])
-    with pytest.raises(ValueError, match="configured twice"):
+    with pytest.raises(ValueError, match="configured twice") as err:
         DkimSigner([DkimKey("example.com", "mg1", path), DkimKey("Example.COM", "mg2", path)])
+    assert "[[outbound.dkim]]" in str(err.value) and "'mg2'" in str(err.value)
+
+
+def test_r_o4_encrypted_key_is_refused_with_the_fix(tmp_path):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "locked.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.BestAvailableEncryption(b"secret")))
+    with pytest.raises(ValueError, match="protected by a password") as err:
+        DkimSigner([DkimKey("example.com", "mg1", str(path))])
+    assert str(path) in str(err.value) and "openssl genrsa" in str(err.value)
+
+
+def test_r_o4_signature_field_is_folded_within_78_columns_and_b_comes_last(signer):
+    signed, _ = signer.sign(MESSAGE)
+    header = signed[:signed.index(b"From:")]
+    lines = header.split(b"\r\n")[:-1]
+    assert all(len(line) <= 78 for line in lines)
+    assert all(line.startswith(b" ") for line in lines[1:])
+    assert re.sub(rb"\s+", b"", header).split(b";")[-1].startswith(b"b=")
+
+
+def test_r_o4_message_with_a_broken_header_line_is_refused_only_when_signed(signer):
+    broken = MESSAGE.replace(b"X-Mailgate-Ref: 12-T\r\n", b"not a field\r\n")
+    with pytest.raises(ValueError, match="example.com"):
+        signer.sign(broken)
+    other = broken.replace(b"support@example.com", b"support@other.test")
+    assert signer.sign(other) == (other, None)
