@@ -5,7 +5,6 @@ import asyncio
 import email
 from email import policy
 
-import dkim
 import pytest
 from aiosmtpd.lmtp import LMTP
 
@@ -14,7 +13,9 @@ from tests.conftest import free_port
 from tests.e2e.helpers import DEPARTMENTS, deliver, mail
 from tests.integration.postfix import PostfixInstance
 from tests.integration.test_outbound_delivery import ACKS
-from tests.unit.test_dkim_signing import make_key
+from tests import opendkim
+from tests.integration.test_outbound_dkim import dkimpy_results
+from tests.unit.test_dkim_signing import make_ed25519_key, make_key
 
 pytestmark = pytest.mark.postfix
 
@@ -32,9 +33,10 @@ class Inbox:
         return "\r\n".join("250 2.0.0 ok" for _ in envelope.rcpt_tos)
 
 
-async def test_r_o4_ack_relayed_by_postfix_carries_a_verifiable_dkim_signature(
+async def test_r_o4_ack_relayed_by_postfix_carries_verifiable_rsa_and_ed25519_signatures(
         start_gateway, tmp_path):
     key_path, txt = make_key(tmp_path, "corp.test")
+    ed_path, ed_txt = make_ed25519_key(tmp_path, "corp.test")
     inbox = Inbox()
     inbox_port = free_port()
     server = await asyncio.get_running_loop().create_server(
@@ -45,7 +47,9 @@ async def test_r_o4_ack_relayed_by_postfix_carries_a_verifiable_dkim_signature(
         gw = await start_gateway(connectors=DEPARTMENTS, routes=ACKS, outbound=OutboundSection(
             enabled=True, retry_initial=0.2, default_gateway=DefaultGatewaySection(
                 host="127.0.0.1", port=relay.smtp_port),
-            dkim=(DkimKey(domain="corp.test", selector="mg1", key_file=str(key_path)),)))
+            dkim=(DkimKey(domain="corp.test", selector="mg1", key_file=str(key_path)),
+                  DkimKey(domain="corp.test", selector="ed1", key_file=str(ed_path),
+                          algorithm="ed25519-sha256"))))
         original = mail(subject="Printer on fire")
         await deliver(gw, original)
         await gw.delivery.drain()
@@ -61,6 +65,9 @@ async def test_r_o4_ack_relayed_by_postfix_carries_a_verifiable_dkim_signature(
     assert ack["Message-ID"].endswith(f".{item.uuid}@mailgate.invalid>")
     assert f"[WI-{item.uuid}]" in ack.get_content()
     assert "by mx.gateway.test (Postfix" in ack["Received"]
-    records = {"mg1._domainkey.corp.test": txt}
-    assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: records.get(
-        name.decode().rstrip(".")))
+    records = {"mg1._domainkey.corp.test": txt.decode(),
+               "ed1._domainkey.corp.test": ed_txt.decode()}
+    assert dkimpy_results(raw, records) == [True, True]     # as Postfix passed them on
+    results = await asyncio.to_thread(opendkim.verify, raw, records, tmp_path / "opendkim")
+    assert sorted((r.algorithm, r.result) for r in results) == [
+        ("ed25519-sha256", "pass"), ("rsa-sha256", "pass")]
