@@ -27,15 +27,13 @@ import aiosmtplib
 from gateway.config import OutboundSection
 from gateway.directory.addresses import normalize_address
 from gateway.model import Connector
+from gateway.outbound.signing import Signed, Signer, SigningPool
 from gateway.protocols.relay import Relay, RelaySessions
 from gateway.tls import tls_context
 from gateway.worker import Worker
 from storage.base import OutboundMail, Store
 
 log = logging.getLogger("mailgate.delivery")
-
-Signer = Callable[[bytes], tuple[bytes, str | None]]
-
 
 BATCH = 100
 STORE_RETRY = 1.0           # seconds between rounds while the store refuses writes
@@ -52,6 +50,7 @@ class Delivery(Worker):
         self.queue = store.outbound
         self.settings = settings
         self.signer = signer
+        self._signing: SigningPool | None = None    # for self.signer, made when first used
         self.on_result = on_result
         self.idle = asyncio.Event()
         # R-C4: the system trust store, plus the configured CA file when there is one
@@ -117,19 +116,21 @@ class Delivery(Worker):
         if not due:
             return False
         relays = await self._connector_relays()
+        signing = self._signing_pool()
+        signed = signing.ahead((m.email_id, m.raw) for m in due) if signing is not None else {}
         lanes = self._lanes
-        await asyncio.gather(*(self._lane(due[n::len(lanes)], relays, sessions)
+        await asyncio.gather(*(self._lane(due[n::len(lanes)], relays, sessions, signed)
                                for n, sessions in enumerate(lanes)))
         return True
 
     async def _lane(self, mails: list[OutboundMail], relays: dict[str, Relay],
-                    sessions: RelaySessions) -> None:
+                    sessions: RelaySessions, signed: dict[int, Signed]) -> None:
         """One of ``concurrency`` senders: its share of the batch, in order."""
         for mail in mails:
             if self._stopping:
                 break
             try:
-                await self._deliver(mail, relays, sessions)
+                await self._deliver(mail, relays, sessions, signed.get(mail.email_id))
             except Exception as exc:    # a bug (or a signer failing on one mail) must not
                 log.exception("email %s: delivery failed", mail.email_id)  # end the lane
                 try:        # _deliver never raises once the relay took the mail
@@ -139,8 +140,21 @@ class Delivery(Worker):
                     log.exception("email %s: cannot record the failure", mail.email_id)
                     self._store_trouble = True
 
+    def _signing_pool(self) -> SigningPool | None:
+        """DKIM signing off the event loop: threads that sign a batch while it is
+        sent (``signing``), for whichever signer is set now."""
+        if self.signer is None:
+            return None
+        if self._signing is None or self._signing.signer is not self.signer:
+            if self._signing is not None:
+                self._signing.close()
+            self._signing = SigningPool(self.signer)
+        return self._signing
+
     async def stop(self) -> None:
         await super().stop()
+        if self._signing is not None:
+            self._signing.close()
         for sessions in self._lanes:
             await sessions.close()
 
@@ -175,10 +189,14 @@ class Delivery(Worker):
         return self._trust[key]
 
     async def _deliver(self, mail: OutboundMail, relays: dict[str, Relay] | None = None,
-                       sessions: RelaySessions | None = None) -> None:
+                       sessions: RelaySessions | None = None,
+                       signed: Signed | None = None) -> None:
         raw, domain = mail.raw, None
-        if self.signer is not None:
-            raw, domain = await asyncio.to_thread(self.signer, raw)
+        signing = self._signing_pool()
+        if signing is not None:
+            if signed is None:
+                signed = signing.ahead([(mail.email_id, raw)])[mail.email_id]
+            raw, domain = await signed
         gateway = self.settings.default_gateway
         relay = (relays or {}).get(normalize_address(mail.mail_from or ""))
         if relay is None and not gateway.enabled:
