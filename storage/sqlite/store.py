@@ -30,6 +30,7 @@ from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 from gateway.model import Copy, EmailRecord
 from storage.base import MESSAGE_ID_COPIES, CommitObserver, JournaledCopy, StoreError
 from storage.sqlite.blobs import STREAM_AT, insert_message
+from storage.sqlite.checkpoint import RESTART_FRAMES, Checkpointer, catch_up
 from storage.sqlite.ports import SqliteOutboundQueue, SqlitePollLedger
 from storage.sqlite.txn import BatchTxn, SqliteTxn
 
@@ -147,9 +148,11 @@ class SqliteStore:
         self.outbound = SqliteOutboundQueue(self)
         self._writer = _Connection(path, "store-writer",
                                    ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL",
-                                    "PRAGMA busy_timeout=5000", "PRAGMA foreign_keys=ON"))
+                                    "PRAGMA busy_timeout=5000", "PRAGMA foreign_keys=ON",
+                                    "PRAGMA wal_autocheckpoint=0"))      # Checkpointer's job
         self._reader = _Connection(path, "store-reader",
                                    ("PRAGMA busy_timeout=5000", "PRAGMA query_only=ON"))
+        self._checkpointer = Checkpointer(path)
         self._pending: collections.deque[_Job] = collections.deque()
         self._journal_jobs = 0      # of them, journal commits (read by the writer's thread)
         self._wakeup = asyncio.Event()
@@ -170,9 +173,11 @@ class SqliteStore:
             await self._writer.run(self._migrate)
             await self._writer.run(self._reset_ids)
             await self._reader.open()
+            await self._checkpointer.open()
         except (sqlite3.Error, StoreError) as exc:
             await self._writer.close()
             await self._reader.close()
+            await self._checkpointer.close()
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"{self.path}: {exc}") from exc
@@ -185,6 +190,7 @@ class SqliteStore:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        await self._checkpointer.close()
         await self._reader.close()
         await self._writer.close()
 
@@ -285,6 +291,7 @@ class SqliteStore:
                 self._pending.popleft()
                 self._last_was_work = True
                 await self._run_work(head)
+                await self._written()
                 continue
             self._last_was_work = False
             batch: list[_Job] = []
@@ -299,6 +306,18 @@ class SqliteStore:
                 batch.append(job)
                 count += len(job.copies)
             await self._commit_copies(batch, count)
+            await self._written()
+
+    async def _written(self) -> None:
+        """After a commit: a background checkpoint soon, and the writer's own catch-up
+        when the WAL has grown past what the background ones could start over."""
+        if self._checkpointer.wal_frames >= RESTART_FRAMES:
+            try:
+                await self._writer.run(catch_up, self._writer.conn)
+                self._checkpointer.caught_up()
+            except sqlite3.Error as exc:
+                log.warning("WAL checkpoint on the writer failed: %s", exc)
+        self._checkpointer.written()
 
     def _journal_pending(self) -> bool:
         """A journal commit waits. Also asked from the writer's thread, in the middle of a
