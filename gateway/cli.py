@@ -52,7 +52,11 @@ def _new_loop(choice: str) -> asyncio.AbstractEventLoop:
 async def _serve(settings: Settings) -> int:
     from gateway.app import Gateway
 
-    gateway = Gateway(settings)
+    try:
+        gateway = Gateway(settings)
+    except ValueError as exc:   # a setting the gateway cannot work with (a DKIM key, ...)
+        log.error("cannot start: %s", exc)
+        return 2
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task] = []
 
