@@ -119,14 +119,52 @@ async def test_thousands_of_tiny_messages_in_one_fetch_parse_without_recursion(p
     assert parse_fetch(response.lines) == {1000 + n: _body(n) for n in range(1, 3001)}
 
 
-async def test_replacements_hand_over_the_same_response_as_upstream():
+@pytest.mark.parametrize("piece", [None, 5, 4099])
+async def test_replacements_hand_over_the_same_response_as_upstream(piece):
     """Same contract: for a reply small enough for upstream, the same lines and
     literals, in the same order and of the same types (parse_fetch tells literals
-    by their bytearray type)."""
-    ours = await _run_fetch(ImapProtocol, _uid_fetch, 60, 5)
-    theirs = await _run_fetch(aioimaplib.IMAP4ClientProtocol, _upstream_fetch, 60, 5)
+    by their bytearray type), whether whole items arrive in one read (ImapProtocol
+    takes them in one step) or cut anywhere."""
+    ours = await _run_fetch(ImapProtocol, _uid_fetch, 60, piece)
+    theirs = await _run_fetch(aioimaplib.IMAP4ClientProtocol, _upstream_fetch, 60, piece)
     assert (ours.result, [(type(x), bytes(x)) for x in ours.lines]) == \
            (theirs.result, [(type(x), bytes(x)) for x in theirs.lines])
+
+
+# FETCH items the one-step path must take, or leave to upstream's path, as servers send
+# them: UID after the literal, flags before it, an unsolicited flag change, a stray "* "
+# inside the line, an empty literal, a line cut before its literal ends.
+ODD_ITEMS = (b"* 1 FETCH (BODY[] {5}\r\nhello UID 7)\r\n"
+             b"* 2 FETCH (FLAGS (\\Seen) UID 8 BODY[] {3}\r\nabc)\r\n"
+             b"* 2 FETCH (FLAGS (\\Seen \\Deleted))\r\n"
+             b"* 3 FETCH (UID 9 X-NOTE \"a * b\" BODY[] {2}\r\n) )\r\n"
+             b"* 4 FETCH (UID 10 BODY[] {0}\r\n)\r\n"
+             b"* 5 FETCH (UID 11 BODY[] {4}\r\n)\r\n)\r\n"
+             b"* 6 FETCH (UID 12 BODY[] {3}\r\nxyz UID 12)\r\n")
+
+
+async def _odd_fetch(protocol_class, make_command, piece: int | None):
+    loop = asyncio.get_running_loop()
+    protocol = protocol_class(loop)
+    protocol.connection_made(_Wire())
+    protocol.state = aioimaplib.SELECTED
+    command = make_command(protocol.new_tag(), "1:6", loop)
+    running = asyncio.ensure_future(protocol.execute(command))
+    await asyncio.sleep(0)
+    reply = ODD_ITEMS + command.tag.encode() + b" OK Fetch completed.\r\n"
+    for i in range(0, len(reply), piece or len(reply)):
+        protocol.data_received(reply[i:i + (piece or len(reply))])
+    return await asyncio.wait_for(running, 5)
+
+
+@pytest.mark.parametrize("piece", [None, 1, 3, 17])
+async def test_odd_fetch_items_give_the_same_response_as_upstream(piece):
+    ours = await _odd_fetch(ImapProtocol, _uid_fetch, piece)
+    theirs = await _odd_fetch(aioimaplib.IMAP4ClientProtocol, _upstream_fetch, piece)
+    assert (ours.result, [(type(x), bytes(x)) for x in ours.lines]) == \
+           (theirs.result, [(type(x), bytes(x)) for x in theirs.lines])
+    assert parse_fetch(ours.lines) == {7: b"hello", 8: b"abc", 9: b") ", 10: b"",
+                                       11: b")\r\n)", 12: b"xyz"}
 
 
 async def test_uid_fetch_records_each_line_and_literal_as_activity():
