@@ -22,6 +22,8 @@ gone from a folder are forgotten, so the table is as big as the mailboxes.
 Between rounds an IMAP connector with ``idle`` (the default) keeps one more
 session in IDLE (RFC 2177) on its first folder: new mail there starts a round at
 once (and the round reads every folder), so the interval is only the fallback.
+During a round that session leaves IDLE (``WatchHold``): it would otherwise be told
+of every message the round removes.
 
 R-B5: with ``start_from = "now"`` the first round of a folder only remembers
 what is there (a watermark) and fetches nothing; those messages stay untouched.
@@ -48,7 +50,8 @@ from typing import Awaitable, Callable, Iterator
 from gateway.intake import Throttled
 from gateway.model import Connector
 from gateway.polling.mailboxes import open_mailbox
-from gateway.protocols.mailbox import Credentials, Mailbox, MailboxError, WatchUnsupported
+from gateway.protocols.mailbox import (Credentials, Mailbox, MailboxError, WatchHold,
+                                       WatchUnsupported)
 from storage.base import Store, StoreError
 
 log = logging.getLogger("mailgate.poller")
@@ -67,6 +70,7 @@ STOP_GRACE = 5.0            # seconds a stopping poller may spend logging out
 IDLE_RETRY = 30             # seconds before a failed IDLE watcher reconnects (then doubling)
 IDLE_STABLE = 300           # seconds an IDLE watch must have held for the pause to reset
 PAUSED_RECHECK = 5          # seconds between looks while intake is throttled
+HOLD_WAIT = 5.0             # seconds a round waits for its IDLE watcher to step aside
 
 # Intake's door for polled mail: (connector, source, folder, [(stored key, raw)]) → ids,
 # once durably committed (``Intake.accept_polled``).
@@ -181,6 +185,8 @@ class Poller:
         self._removed: dict[str, set[str]] = {}
         self._waiters: list[tuple[int, asyncio.Future]] = []
         self._watchers: list[asyncio.Task] = []
+        # Rounds hold the watcher out of IDLE while they drain (see WatchHold).
+        self._watch_hold = WatchHold()
         self._reported_too_large: set[tuple[str, str]] = set()     # (folder, key): said once
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -262,10 +268,14 @@ class Poller:
                 elif not future.done():
                     future.set_result(self.status)
             self._waiters = waiting
+            # asyncio.wait, not wait_for: Python 3.11's wait_for returns instead of raising
+            # when it is cancelled just as the event is set (a watcher's wake as the
+            # poller stops), and the stopping poller would then start another round.
+            waking = asyncio.ensure_future(self._poll_now.wait())
             try:
-                await asyncio.wait_for(self._poll_now.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait({waking}, timeout=delay)
+            finally:
+                waking.cancel()
 
     async def _watch(self, folder: str) -> None:
         """IMAP IDLE on ``folder`` (``connector.idle``): new mail starts a round at once
@@ -280,7 +290,7 @@ class Poller:
             try:
                 mailbox = self.new_mailbox()
                 await mailbox.open()
-                await mailbox.watch(folder, self.poll_now)
+                await mailbox.watch(folder, self.poll_now, hold=self._watch_hold)
             except WatchUnsupported as exc:
                 log.info("poller %s: %s; polling %s every %d s", self.connector.name, exc,
                          folder, self.connector.poll_interval)
@@ -306,6 +316,8 @@ class Poller:
         status.rounds += 1
         result = RoundResult()
         try:
+            if self._watchers:
+                await self._watch_hold.hold(HOLD_WAIT)
             await self.poll_once(result)
         except asyncio.CancelledError:
             raise
@@ -321,6 +333,8 @@ class Poller:
             log.exception("poller %s: unexpected error", self.connector.name)
             return await self._failed(f"internal error: {exc.__class__.__name__}: {exc}",
                                       result)
+        finally:
+            self._watch_hold.release()
         recovered = status.state == "failing"
         status.state, status.failures, status.last_error = "ok", 0, None
         status.last_success_at = time.time()

@@ -23,7 +23,12 @@ Wire choices, and why:
 * Draining thousands of messages: aioimaplib's response splitter recurses per line
   and its FETCH bookkeeping is quadratic; ``ImapProtocol`` and ``UidFetch`` from
   :mod:`gateway.protocols.aioimaplib_fixes` replace those two pieces (same contract),
-  which roughly doubled the measured drain rate next to stdlib imaplib's fetch-all.
+  which roughly doubled the measured drain rate next to stdlib imaplib's fetch-all,
+  and take a FETCH item that one read holds whole in one step.
+* IDLE (RFC 2177) on a session of its own tells the poller of new mail. While the
+  poller's own round drains the folder, that session leaves IDLE (``WatchHold``):
+  Dovecot would sync it and send it an EXPUNGE line for every message removed. It
+  compares the folder's UIDNEXT before and after the round instead.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ from aioimaplib.aioimaplib import (AUTH, NONAUTH, SELECTED, AioImapException, Co
 from gateway.model import Connector
 from gateway.protocols.aioimaplib_fixes import ImapProtocol, UidFetch
 from gateway.protocols.mailbox import (LARGE_MESSAGE, Fetched, Mailbox, MailboxError,
-                                       WatchUnsupported)
+                                       WatchHold, WatchUnsupported)
 from gateway.tls import tls_context
 
 log = logging.getLogger("mailgate.imap")
@@ -60,6 +65,7 @@ IDLE_RENEW = 25 * 60
 _EXISTS = re.compile(rb"^\d+ EXISTS\b", re.I)
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
 _FETCH_START = re.compile(rb"\d+ FETCH \(")
 _UID = re.compile(rb"(?<![\w-])UID (\d+)")
 
@@ -188,6 +194,7 @@ class ImapMailbox(Mailbox):
         self._lost: asyncio.Future | None = None
         self._selected: str | None = None
         self._uidvalidity = 0
+        self._uidnext: int | None = None        # as the last SELECT said, if it did
 
     # -- session -----------------------------------------------------------------------
 
@@ -259,7 +266,7 @@ class ImapMailbox(Mailbox):
         """Drop the connection now (no LOGOUT). Used after timeouts and by tests."""
         protocol, transport = self._protocol, self._transport
         self._protocol = self._transport = None
-        self._selected, self._uidvalidity = None, 0
+        self._selected, self._uidvalidity, self._uidnext = None, 0, None
         if transport is not None:
             transport.abort()
         if protocol is not None:
@@ -324,13 +331,16 @@ class ImapMailbox(Mailbox):
                                     protocol.select(mailbox_arg(folder)))
         if response.result != "OK":
             raise MailboxError(f"SELECT {folder}: {_text(response)}")
+        uidvalidity = self._uidnext = None
         for line in response.lines:
-            match = _UIDVALIDITY.search(bytes(line))
-            if match:
-                self._uidvalidity = int(match.group(1))
-                break
-        else:
+            line = bytes(line)
+            if match := _UIDVALIDITY.search(line):
+                uidvalidity = int(match.group(1))
+            elif match := _UIDNEXT.search(line):
+                self._uidnext = int(match.group(1))
+        if uidvalidity is None:
             raise MailboxError(f"SELECT {folder}: the server sent no UIDVALIDITY")
+        self._uidvalidity = uidvalidity
         self._selected = folder
         return self._uidvalidity
 
@@ -433,61 +443,103 @@ class ImapMailbox(Mailbox):
     # -- push: RFC 2177 IDLE -------------------------------------------------------------
 
     async def watch(self, folder: str, wake: Callable[[], None], *,
-                    renew: float = IDLE_RENEW) -> None:
+                    renew: float = IDLE_RENEW, hold: WatchHold | None = None) -> None:
         """Hold this session in IDLE on ``folder`` and call ``wake()`` on every
         ``* n EXISTS`` (new mail), re-issuing IDLE every ``renew`` seconds. Runs until
         cancelled; a dropped or refused session is a :class:`MailboxError`. Only the
-        poller's other session reads and removes mail: this one only listens."""
+        poller's other session reads and removes mail: this one only listens.
+
+        While the poller's round holds it (``hold``, see :class:`WatchHold`) the session
+        leaves IDLE and only notes the folder's UIDNEXT (SELECT); after the round it
+        selects again and wakes the poller when UIDNEXT moved, i.e. new mail came. A
+        server that names no UIDNEXT is never held: it listens through rounds."""
         protocol = self._live()
         if "IDLE" not in protocol.capabilities:
             raise WatchUnsupported("the server does not offer IDLE (RFC 2177)")
         await self._select(folder)
-        loop = asyncio.get_running_loop()
-        while True:
-            idling = asyncio.ensure_future(protocol.idle())
-            started = asyncio.ensure_future(protocol.wait_for_idle_response())
-            try:
-                done, _ = await asyncio.wait({idling, started, self._lost}, timeout=self.timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            except BaseException:
-                idling.cancel()
-                raise
-            finally:
-                started.cancel()
-            if started not in done:                             # no "+ idling"
-                idling.cancel()
-                if self._lost.done():
-                    why = "connection closed by the server"
-                elif idling in done and idling.exception() is None:
-                    why = _text(idling.result()) or "refused"
-                elif idling in done:
-                    why = str(idling.exception())
-                else:
-                    why = f"no reply within {self.timeout:g} s"
-                self.abort()
-                raise MailboxError(f"IDLE {folder}: {why}")
-            deadline = loop.time() + renew
-            try:
-                while (left := deadline - loop.time()) > 0:
-                    pushed = asyncio.ensure_future(protocol.idle_queue.get())
-                    try:
-                        done, _ = await asyncio.wait({pushed, self._lost}, timeout=left,
-                                                     return_when=asyncio.FIRST_COMPLETED)
-                    except BaseException:
-                        pushed.cancel()
-                        raise
-                    if pushed not in done:
-                        pushed.cancel()
-                        if self._lost.done():
-                            raise MailboxError(f"IDLE {folder}: connection closed by the server")
-                        break                                   # time to renew
-                    if any(_EXISTS.match(bytes(line)) for line in pushed.result()):
-                        wake()
-            except BaseException:
-                idling.cancel()
-                raise
-            protocol.idle_done()                                # DONE ends this IDLE
-            response = await self._call(f"IDLE {folder} DONE", idling)
-            if response.result != "OK":
-                raise MailboxError(f"IDLE {folder}: {_text(response)}")
+        if self._uidnext is None:
+            hold = None
+        try:
+            while True:
+                if hold is not None and not hold.may_listen():
+                    await self._held(folder, wake, hold)
+                    continue
+                await self._idle(folder, wake, renew, hold)
+        finally:
+            if hold is not None:
+                hold.stopped()
 
+    async def _held(self, folder: str, wake: Callable[[], None], hold: WatchHold) -> None:
+        """Out of IDLE while a round runs; wake the poller after it if mail came."""
+        before = await self._mark(folder)
+        protocol = self._live()
+        while not protocol.idle_queue.empty():      # told before the note: the round
+            protocol.idle_queue.get_nowait()        # lists after it, so it takes them
+        late = await hold.held()
+        if await self._mark(folder) != before or late:
+            wake()
+
+    async def _mark(self, folder: str) -> tuple[int, int | None]:
+        """SELECT ``folder`` again: where it stands (UIDVALIDITY, UIDNEXT)."""
+        self._selected = None
+        uidvalidity = await self._select(folder)
+        return uidvalidity, self._uidnext
+
+    async def _idle(self, folder: str, wake: Callable[[], None], renew: float,
+                    hold: WatchHold | None) -> None:
+        """One IDLE, until ``renew`` seconds passed or a round holds the watcher."""
+        protocol = self._live()
+        loop = asyncio.get_running_loop()
+        idling = asyncio.ensure_future(protocol.idle())
+        started = asyncio.ensure_future(protocol.wait_for_idle_response())
+        try:
+            done, _ = await asyncio.wait({idling, started, self._lost}, timeout=self.timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            idling.cancel()
+            raise
+        finally:
+            started.cancel()
+        if started not in done:                             # no "+ idling"
+            idling.cancel()
+            if self._lost.done():
+                why = "connection closed by the server"
+            elif idling in done and idling.exception() is None:
+                why = _text(idling.result()) or "refused"
+            elif idling in done:
+                why = str(idling.exception())
+            else:
+                why = f"no reply within {self.timeout:g} s"
+            self.abort()
+            raise MailboxError(f"IDLE {folder}: {why}")
+        deadline = loop.time() + renew
+        requested = None if hold is None else asyncio.ensure_future(hold.requested.wait())
+        try:
+            while (left := deadline - loop.time()) > 0:
+                pushed = asyncio.ensure_future(protocol.idle_queue.get())
+                waiting = {pushed, self._lost} | ({requested} if requested else set())
+                try:
+                    done, _ = await asyncio.wait(waiting, timeout=left,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                except BaseException:
+                    pushed.cancel()
+                    raise
+                if pushed not in done:
+                    pushed.cancel()
+                    if self._lost.done():
+                        raise MailboxError(f"IDLE {folder}: connection closed by the server")
+                    break                                   # time to renew, or held
+                if any(_EXISTS.match(bytes(line)) for line in pushed.result()):
+                    wake()
+                if requested is not None and requested.done():
+                    break
+        except BaseException:
+            idling.cancel()
+            raise
+        finally:
+            if requested is not None:
+                requested.cancel()
+        protocol.idle_done()                                # DONE ends this IDLE
+        response = await self._call(f"IDLE {folder} DONE", idling)
+        if response.result != "OK":
+            raise MailboxError(f"IDLE {folder}: {_text(response)}")

@@ -15,7 +15,7 @@ import pytest
 from gateway.model import Connector
 from gateway.polling.mailboxes import open_mailbox
 from gateway.protocols.imap import (ImapMailbox, encode_mailbox, login_name, parse_fetch, uid_set)
-from gateway.protocols.mailbox import Credentials, MailboxError
+from gateway.protocols.mailbox import Credentials, MailboxError, WatchHold
 from tests.dovecot import DovecotInstance
 
 pytestmark = pytest.mark.timeout(30)
@@ -347,6 +347,65 @@ async def test_imap_idle_wakes_on_new_mail_across_renewals_and_fails_loudly_on_a
         mb._transport.abort()                         # the server "goes away"
         with pytest.raises(MailboxError):
             await asyncio.wait_for(watching, 10)
+    finally:
+        watching.cancel()
+        mb.abort()
+
+
+async def _listening(mb: ImapMailbox) -> None:
+    while mb._protocol is None or not mb._protocol.has_pending_idle_command():
+        await asyncio.sleep(0.01)
+
+
+async def test_imap_idle_held_by_a_round_is_out_of_idle_and_wakes_only_for_new_mail(dovecot):
+    """A round holds the watcher (WatchHold): its session leaves IDLE, so it is told
+    nothing of what the round removes; after the round it wakes the poller only when
+    mail came meanwhile (UIDNEXT moved), not for the removal."""
+    user = dovecot.new_user()
+    for n in range(3):
+        await call(dovecot.append, user, "INBOX", message(n))
+    mb, hold, woken = mailbox(dovecot, user), WatchHold(), asyncio.Event()
+    await mb.open()
+    watching = asyncio.ensure_future(mb.watch("INBOX", woken.set, hold=hold))
+    try:
+        await asyncio.wait_for(_listening(mb), 10)
+        await hold.hold(10)                           # a round that drains the folder
+        assert not mb._protocol.has_pending_idle_command()
+        async with mailbox(dovecot, user) as rounds:
+            await rounds.remove("INBOX", await rounds.keys("INBOX"))
+        hold.release()
+        await asyncio.wait_for(_listening(mb), 10)
+        await asyncio.sleep(0.3)
+        assert not woken.is_set()                     # removing is not new mail
+
+        await hold.hold(10)                           # a round during which mail comes
+        await call(dovecot.append, user, "INBOX", message(7))
+        await asyncio.sleep(0.3)
+        assert not woken.is_set()                     # not in IDLE: told nothing yet
+        hold.release()
+        await asyncio.wait_for(woken.wait(), 10)      # ...but woken once the round ended
+        await asyncio.wait_for(_listening(mb), 10)
+        assert not watching.done()
+    finally:
+        watching.cancel()
+        mb.abort()
+
+
+async def test_imap_idle_watcher_that_starts_during_a_round_wakes_the_poller_after_it(
+        dovecot):
+    """A watcher that connects while a round runs cannot tell what arrived between the
+    round's listing and its own first look, so it wakes the poller once the round ends."""
+    user = dovecot.new_user()
+    mb, hold, woken = mailbox(dovecot, user), WatchHold(), asyncio.Event()
+    await hold.hold(10)                               # nobody listens: no wait
+    await mb.open()
+    watching = asyncio.ensure_future(mb.watch("INBOX", woken.set, hold=hold))
+    try:
+        await asyncio.sleep(0.5)
+        assert not woken.is_set() and not mb._protocol.has_pending_idle_command()
+        hold.release()
+        await asyncio.wait_for(woken.wait(), 10)
+        await asyncio.wait_for(_listening(mb), 10)
     finally:
         watching.cancel()
         mb.abort()
