@@ -40,6 +40,7 @@ PAUSED_RECHECK seconds (or its interval, when shorter).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import random
@@ -64,6 +65,14 @@ BATCH = 100                 # messages per fetch and per journal commit
 # is in the journal, so a crash before its removal only makes the next round remove
 # it (or, for POP3, fetch it again for dedup to absorb).
 REMOVE_BATCH = 1000
+# Journal commits a folder's drain may have in flight while it fetches on. With one,
+# the poller waited for each commit in turn, and on two cores shared with the event loop
+# and the server a commit (an fsync) often took longer than the next fetch. Up to a
+# removal batch's worth may now queue; the store merges what queued into one commit.
+# In bytes, at most AHEAD_BYTES wait: a large message is a batch of its own, so memory
+# stays at about two batches then, as before.
+COMMITS_AHEAD = REMOVE_BATCH // BATCH
+AHEAD_BYTES = 16 * 1024 * 1024
 MAX_BACKOFF = 30 * 60       # seconds: a broken mailbox is retried at least this often
 MIN_BACKOFF = 5
 STOP_GRACE = 5.0            # seconds a stopping poller may spend logging out
@@ -456,31 +465,38 @@ class Poller:
                 await self._remove(mailbox, folder, leftover, result)
         result.folders[folder] = 0
         new = await self._leave_too_large(mailbox, folder, new, result)
-        # Batch N's commit (an fsync on the writer's thread) overlaps the fetch of batch
-        # N+1. Committed keys wait in ``pending`` and are removed REMOVE_BATCH at a time.
-        committing: tuple[list[str], asyncio.Task] | None = None
+        # Commits (an fsync each, on the writer's thread) overlap the fetches: up to
+        # COMMITS_AHEAD batches (AHEAD_BYTES) commit, oldest first, while the next is
+        # fetched. Committed keys wait in ``pending`` and are removed REMOVE_BATCH at a
+        # time: a key is never removed before its own commit returned.
+        committing: collections.deque[tuple[list[str], int, asyncio.Future]] = \
+            collections.deque()
         pending: list[str] = []
         try:
             for batch in batches(new, self.batch, mailbox.large):
                 fetched = await mailbox.fetch(folder, batch)
-                if committing is not None:
-                    await self._committed(folder, *committing, result, pending)
-                    committing = None
+                while committing and (committing[0][2].done()
+                                      or len(committing) >= COMMITS_AHEAD
+                                      or sum(size for _, size, _ in committing) >= AHEAD_BYTES):
+                    keys, _, commit = committing.popleft()
+                    await self._committed(folder, keys, commit, result, pending)
                 if len(pending) >= REMOVE_BATCH:
                     await self._remove(mailbox, folder, pending, result)
                     pending = []
                 if fetched:
                     stored = [(scope + f.key, f.raw) for f in fetched]
-                    committing = ([f.key for f in fetched], asyncio.ensure_future(
-                        self.journal(name, mailbox.source, folder, stored)))
-            if committing is not None:
-                await self._committed(folder, *committing, result, pending)
-                committing = None
+                    committing.append(([f.key for f in fetched], sum(len(f.raw) for f in fetched),
+                                       asyncio.ensure_future(self.journal(
+                                           name, mailbox.source, folder, stored))))
+            while committing:
+                keys, _, commit = committing.popleft()
+                await self._committed(folder, keys, commit, result, pending)
             if pending:
                 await self._remove(mailbox, folder, pending, result)
         finally:
-            if committing is not None:      # a fetch failed: let the commit finish, keep
-                await asyncio.gather(committing[1], return_exceptions=True)  # the mail
+            if committing:      # a fetch or a commit failed: let the others finish, keep
+                await asyncio.gather(*(c for _, _, c in committing),   # the mail
+                                     return_exceptions=True)
         on_server = set(present)
         gone = [k for k in known if k not in on_server]
         removed = self._removed.setdefault(folder, set())

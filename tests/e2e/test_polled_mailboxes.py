@@ -14,6 +14,7 @@ import pytest
 
 from gateway.model import Route, RouteTarget
 from gateway.polling.mailboxes import open_mailbox
+from storage.base import StoreError
 from tests.dovecot import DovecotInstance
 from tests.e2e.helpers import WIRE, copies, mail, poll, work_item_count
 
@@ -134,6 +135,49 @@ async def test_r_i4_many_messages_are_removed_together_and_only_once_all_are_com
     assert [(folder, len(keys)) for folder, keys, _ in checks] == [("INBOX", 250)]
     assert all(checks[0][2])                                            # committed first
     assert await count(dovecot, user) == 0
+    assert await work_item_count(gw) == 250
+
+
+async def test_r_i4_a_failed_commit_among_those_in_flight_loses_and_doubles_nothing(
+        start_gateway, dovecot, tmp_path):
+    """Commits overlap the next fetches, several at a time. When one of them fails, the
+    round fails and removes nothing it has not seen committed; a commit that was in
+    flight behind it still lands, and the next round only removes those messages while
+    it journals the failed batch's: every message stored once, the mailbox empty."""
+    user = dovecot.new_user("inflight")
+    checks: list = []
+    db_path = str(tmp_path / "mailgate.db")
+    gw = await polled_gateway(
+        start_gateway, dovecot, user,
+        factory=lambda c, creds: CommitCheckingMailbox(open_mailbox(c, creds), db_path, checks))
+    poller = gw.pollers.get("mbox")
+    while poller.status.next_poll_at is None:           # the first round, on an empty box
+        await asyncio.sleep(0.05)
+    messages = [mail(to=(user,), sender=f"customer{n}@example.org", subject=f"Order {n}")
+                for n in range(250)]                      # three batches of up to 100
+    await asyncio.to_thread(dovecot.seed, user, [raw(m) for m in messages])
+    journal, calls = poller.journal, []
+
+    async def second_fails(*args):
+        calls.append(len(args[3]))
+        if len(calls) == 2:
+            await asyncio.sleep(0.3)                    # the third is fetched meanwhile
+            raise StoreError("the disk is full")
+        return await journal(*args)
+
+    poller.journal = second_fails
+    failed = await poll(gw, "mbox")
+    assert failed.state == "failing" and "disk is full" in failed.last_error
+    assert calls == [100, 100, 50] and checks == []     # all three were under way
+    assert await count(dovecot, user) == 250            # nothing removed
+
+    poller.journal = journal
+    status = await poll(gw, "mbox")
+    assert status.state == "ok"
+    assert await count(dovecot, user) == 0
+    assert all(all(flags) for _, _, flags in checks), checks            # committed first
+    assert sorted(len(keys) for _, keys, _ in checks) == [100, 150]     # left over, then new
+    assert [len(await copies(gw, m)) for m in messages] == [1] * 250
     assert await work_item_count(gw) == 250
 
 

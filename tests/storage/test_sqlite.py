@@ -321,3 +321,18 @@ async def test_commits_leave_checkpoints_to_their_own_connection(store, db_path)
         await store.journal([copy(b"Subject: %d\r\n\r\n" % n + b"x" * (1 << 20))])
         largest = max(largest, wal.stat().st_size)     # writer between two commits
     assert largest < 40 << 20
+
+
+async def test_a_journal_commit_of_many_copies_of_any_size_stores_each_once(store, db_path):
+    """A commit's rows go in as statements of many rows (a power of two each, at most
+    INSERT_BYTES of messages bound at once, big messages streamed): every copy lands
+    once, with its own id, its bytes and its poll key, whatever the mix."""
+    sizes = [10, 300_000, 5, 700_000, 2_000_000, 1] + [100] * 70 + [900_000] * 3
+    raws = [b"Subject: %d\r\n\r\n" % n + b"x" * size for n, size in enumerate(sizes)]
+    ids = await store.journal([
+        Copy(raw=r, connector="support", source="imap", folder_path="INBOX",
+             poll_key=f"scope:7:{n}") for n, r in enumerate(raws)])
+    assert len(set(ids)) == len(raws)
+    assert [await store.raw(email_id) for email_id in ids] == raws
+    rows = await run_sql(db_path, "SELECT key, email_id FROM polled ORDER BY email_id")
+    assert rows == [(f"scope:7:{n}", email_id) for n, email_id in enumerate(ids)]
