@@ -55,8 +55,9 @@ PRUNE_EVERY = 3600.0
 # A batch's transaction ends after this long when a journal commit waits behind it (the
 # rest of the batch goes on in the next): on a store with one writer, the `250`s of
 # other sessions wait for a slice, not for a whole batch (R-H4). Shorter slices cost
-# more commits; bench/mixed.py measured 5 ms (see bench/RESULTS.md).
-DECIDE_SLICE = 0.005
+# more commits: at 2 ms instead of 5 the open-loop p99 of a 250 fell from 17.1 to
+# 15.9 ms on bench/mixed.py's mix at 228 msgs/s (see bench/RESULTS.md).
+DECIDE_SLICE = 0.002
 
 
 class PipelineObserver:
