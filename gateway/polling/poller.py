@@ -472,9 +472,23 @@ class Poller:
         committing: collections.deque[tuple[list[str], int, asyncio.Future]] = \
             collections.deque()
         pending: list[str] = []
+        # A mailbox that learns sizes as it fetches (IMAP) leaves a large message out of
+        # a batch and names it in ``large``: it is fetched alone after the others.
+        found_large: list[str] = []
+
+        def work() -> Iterator[list[str]]:
+            yield from batches(new, self.batch, mailbox.large)
+            while found_large:
+                yield [found_large.pop(0)]
+
         try:
-            for batch in batches(new, self.batch, mailbox.large):
+            for batch in work():
                 fetched = await mailbox.fetch(folder, batch)
+                if len(batch) > 1 and len(fetched) < len(batch):
+                    got = {f.key for f in fetched}
+                    found_large += await self._leave_too_large(
+                        mailbox, folder, [k for k in batch
+                                          if k not in got and k in mailbox.large], result)
                 while committing and (committing[0][2].done()
                                       or len(committing) >= COMMITS_AHEAD
                                       or sum(size for _, size, _ in committing) >= AHEAD_BYTES):

@@ -75,10 +75,11 @@ class Mailbox(abc.ABC):
         self.credentials = credentials
         self.timeout = timeout
         # keys of messages over LARGE_MESSAGE, as far as the last keys() call could tell
-        # cheaply (IMAP SEARCH LARGER, POP3 LIST); the poller fetches them one by one
+        # cheaply (POP3 LIST, Graph's size property), or as fetch() found them (IMAP);
+        # the poller fetches them one by one
         self.large: set[str] = set()
-        # the gateway's size limit, and the keys (with sizes, when known) the last keys()
-        # found over it: the poller leaves those on the server and says so
+        # the gateway's size limit, and the keys (with sizes, when known) keys() or
+        # fetch() found over it: the poller leaves those on the server and says so
         self.max_size = max_size
         self.too_large: dict[str, int | None] = {}
 
@@ -104,7 +105,9 @@ class Mailbox(abc.ABC):
     @abc.abstractmethod
     async def fetch(self, folder: str, keys: list[str]) -> list[Fetched]:
         """The raw bytes of ``keys`` (exactly as the server holds them). A key whose
-        message vanished meanwhile is left out."""
+        message vanished meanwhile is left out. So is one that turns out to be large
+        when fetched with others, or over the limit: it is then added to ``large``
+        (and ``too_large``), for the poller to fetch alone (or leave)."""
 
     @abc.abstractmethod
     async def remove(self, folder: str, keys: list[str]) -> None:

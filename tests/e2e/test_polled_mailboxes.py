@@ -148,7 +148,7 @@ async def test_r_i4_a_failed_commit_among_those_in_flight_loses_and_doubles_noth
     checks: list = []
     db_path = str(tmp_path / "mailgate.db")
     gw = await polled_gateway(
-        start_gateway, dovecot, user,
+        start_gateway, dovecot, user, idle=False,       # rounds only when asked
         factory=lambda c, creds: CommitCheckingMailbox(open_mailbox(c, creds), db_path, checks))
     poller = gw.pollers.get("mbox")
     while poller.status.next_poll_at is None:           # the first round, on an empty box
@@ -268,6 +268,26 @@ async def test_r_i3_mail_over_the_size_limit_stays_on_the_server_and_is_reported
     events = [e for e in await gw.store.events(0, 100)
               if e["type"] == "connector.message_too_large"]
     assert len(events) == 1 and events[0]["data"]["limit"] == 2_000_000
+
+
+async def test_r_i4_imap_message_found_large_in_a_batch_is_fetched_alone_and_whole(
+        start_gateway, dovecot):
+    """IMAP learns sizes with the bytes: a batch asks for at most 1 MiB + 1 byte of each
+    message, and one that fills it is fetched again alone, whole, after the batch."""
+    user = dovecot.new_user("large")
+    first, last = (mail(to=(user,), subject=f"Small {n}") for n in (1, 2))
+    big = mail(to=(user,), subject="Scans attached", body="scan " * 300_000)  # ~1.5 MB
+    for message in (first, big, last):
+        await asyncio.to_thread(dovecot.append, user, "INBOX", raw(message))
+    gw = await polled_gateway(start_gateway, dovecot, user, idle=False)
+
+    status = await poll(gw, "mbox")
+
+    assert status.state == "ok" and status.fetched_total == 3 and status.too_large == 0
+    for message in (first, big, last):
+        [copy] = await copies(gw, message)
+        assert await gw.store.raw(copy.id) == raw(message)
+    assert await count(dovecot, user) == 0
 
 
 async def test_r_i4_crash_between_commit_and_delete_creates_no_second_work_item(

@@ -323,9 +323,39 @@ async def test_r_i4_imap_and_pop3_name_the_large_messages_so_they_are_fetched_al
         async with open_mailbox(dovecot.connector(user, protocol=protocol),
                                 dovecot.credentials(user)) as mailbox:
             keys = await mailbox.keys("INBOX")
+            if protocol == "imap":      # learnt with the bytes, at most PARTIAL of each
+                assert mailbox.large == set()
+                fetched = await mailbox.fetch("INBOX", keys)
+                assert [(f.key, f.raw) for f in fetched] == [(keys[0], small),
+                                                             (keys[2], small)]
             assert mailbox.large == {keys[1]}, protocol
             [fetched] = await mailbox.fetch("INBOX", [keys[1]])
             assert fetched.raw == big
+        if protocol == "imap":          # a later session knows it from the start
+            async with mailbox:
+                keys = await mailbox.keys("INBOX")
+                assert mailbox.large == {keys[1]} and mailbox.too_large == {}
+
+
+async def test_r_i3_imap_names_mail_over_the_limit_as_it_fetches_and_remembers_it(dovecot):
+    """No size search before fetching: a message whose size (RFC822.SIZE, or its bytes
+    when whole) is over the gateway's limit is left out of the fetch and named in
+    too_large, and a later session of the same mailbox knows it before fetching."""
+    from gateway.protocols.mailbox import LARGE_MESSAGE
+    user = dovecot.new_user("limit")
+    small = b"Subject: small\r\n\r\nhi\r\n"
+    medium = b"Subject: medium\r\n\r\n" + b"m" * 5000 + b"\r\n"
+    big = b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * (LARGE_MESSAGE // 1000 + 10)
+    for raw in (small, big, medium):
+        await call(dovecot.append, user, "INBOX", raw)
+    mb = ImapMailbox(dovecot.connector(user), dovecot.credentials(user), max_size=4000)
+    async with mb:
+        keys = await mb.keys("INBOX")
+        assert [f.raw for f in await mb.fetch("INBOX", keys)] == [small]
+        assert mb.too_large == {keys[1]: len(big), keys[2]: len(medium)}
+    async with mb:
+        assert await mb.keys("INBOX") == keys
+        assert mb.too_large == {keys[1]: len(big), keys[2]: len(medium)}
 
 
 async def test_imap_idle_wakes_on_new_mail_across_renewals_and_fails_loudly_on_a_drop(dovecot):
