@@ -398,11 +398,11 @@ class ImapMailbox(Mailbox):
         the gateway's limit is left out and named in ``too_large``."""
         uidvalidity = await self._select(folder)
         uids = list(dict.fromkeys(_parse_keys(keys, uidvalidity)))
-        whole = [uid for uid in uids if f"{uidvalidity}:{uid}" in self.large]
+        large = set(_parse_keys(self.large, uidvalidity)) if self.large else set()
         bodies: dict[int, bytes] = {}
-        for chunk in _chunks(whole, FETCH_CHUNK):
+        for chunk in _chunks([uid for uid in uids if uid in large], FETCH_CHUNK):
             bodies.update(await self._fetch(folder, chunk, "(UID BODY.PEEK[])"))
-        rest = [uid for uid in uids if f"{uidvalidity}:{uid}" not in self.large]
+        rest = [uid for uid in uids if uid not in large]
         for chunk in _chunks(rest, FETCH_CHUNK):
             sizes: dict[int, int] = {}
             got = await self._fetch(folder, chunk,

@@ -516,7 +516,8 @@ def _journal_rows(batch: list[_Job], message_id: int, email_id: int
                 message_rows.append((message_id, copy.raw, len(copy.raw), now))
                 message_id += 1
             email_rows.append((email_id, stored[key], copy.connector, copy.source,
-                               copy.mail_from, json.dumps(list(copy.rcpt_to)),
+                               copy.mail_from,
+                               json.dumps(list(copy.rcpt_to)) if copy.rcpt_to else "[]",
                                copy.message_id, copy.folder_path, copy.peer, copy.helo, now))
             if copy.poll_key is not None:
                 polled_rows.append((copy.connector, copy.folder_path or "", copy.poll_key,
