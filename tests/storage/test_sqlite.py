@@ -309,18 +309,20 @@ async def test_a_batch_is_one_transaction_of_its_own(store, db_path):
 async def test_commits_leave_checkpoints_to_their_own_connection(store, db_path):
     """The writer's commits never copy the WAL back (a quarter of its time on the realistic
     mix); the checkpointer does, so the WAL starts over instead of growing with every
-    commit. 80 commits of 1 MB back to back: without checkpoints the WAL passes 80 MB;
-    it stays under half that (16 MB of RESTART_FRAMES, and what 0.1 s writes)."""
+    commit. 120 commits of 1 MB back to back: without checkpoints the WAL passes 120 MB;
+    with them it stays near 16 MB (RESTART_FRAMES) and what is written until the
+    writer hears of the last checkpoint (0.1 s apart, later on a busy machine: 42 MB
+    was seen with the whole suite running beside it)."""
     async def autocheckpoint(txn) -> int:
         return txn.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
 
     assert await store.transaction(autocheckpoint) == 0
     wal = db_path.with_name(db_path.name + "-wal")
     largest = 0
-    for n in range(80):         # back to back: a background checkpoint never finds the
+    for n in range(120):         # back to back: a background checkpoint never finds the
         await store.journal([copy(b"Subject: %d\r\n\r\n" % n + b"x" * (1 << 20))])
         largest = max(largest, wal.stat().st_size)     # writer between two commits
-    assert largest < 40 << 20
+    assert largest < 80 << 20
 
 
 async def test_a_journal_commit_of_many_copies_of_any_size_stores_each_once(store, db_path):
