@@ -59,6 +59,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from procfs import process_tree  # noqa: E402
+from tests.headers import folded  # noqa: E402
 MAILGATE = REPO / ".venv" / "bin" / "mailgate"
 ADDRESS = "rcpt@bench.invalid"
 ADMIN_TOKEN = "bench-hostile-not-a-secret"
@@ -89,19 +93,6 @@ def log(*a) -> None:
 
 
 # -- the mail -----------------------------------------------------------------------------
-
-def fold(name: str, items: list[str], width: int = 78) -> bytes:
-    """``name: a, b, ...`` folded before an item so that no line is longer than ``width``."""
-    lines, line = [], f"{name}:"
-    for i, item in enumerate(items):
-        piece = " " + item + ("," if i < len(items) - 1 else "")
-        if len(line) + len(piece) > width and line != f"{name}:":
-            lines.append(line)
-            line = piece
-        else:
-            line += piece
-    return "\r\n".join(lines + [line]).encode()
-
 
 def head(sender: str, subject: str, message_id: str, extra: bytes = b"") -> bytes:
     return (f"From: {sender}\r\nTo: Support <{ADDRESS}>\r\nSubject: {subject}\r\n"
@@ -136,7 +127,7 @@ def crafted(i: int, tag: str) -> tuple[str, bytes]:
     items = ["a@b@c@d"] * 26_666
     items[0] = f"a{i}@b@c@d"
     return mid, (head(f"attacker{i}@evil.example", f"crafted {i}", mid,
-                      fold("Cc", items) + b"\r\nContent-Type: text/plain\r\n")
+                      folded("Cc", items) + b"\r\nContent-Type: text/plain\r\n")
                  + b"\r\nhello\r\n")
 
 
@@ -257,22 +248,7 @@ class Server:
         raise SystemExit(f"mailgate not ready after {timeout:.0f} s")
 
     def tree(self) -> list[int]:
-        out, stack = [self.pid], [self.pid]
-        while stack:
-            pid = stack.pop()
-            try:
-                tasks = os.listdir(f"/proc/{pid}/task")
-            except OSError:
-                continue
-            for task in tasks:
-                try:
-                    with open(f"/proc/{pid}/task/{task}/children") as f:
-                        kids = [int(k) for k in f.read().split()]
-                except OSError:
-                    continue
-                out += kids
-                stack += kids
-        return out
+        return process_tree(self.pid)
 
     def rss_kb(self, pids: list[int], each: dict[int, int] | None = None) -> int:
         """The sum of VmRSS over ``pids``; the largest seen of each goes to ``each``."""

@@ -73,6 +73,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+from procfs import process_tree, tail  # noqa: E402
 MAILGATE = REPO / ".venv" / "bin" / "mailgate"
 ADDRESS = "support@bench.test"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -826,23 +828,7 @@ class Server:
         return time.perf_counter() - t0
 
     def tree(self) -> list[int]:
-        out, stack = [self.pid], [self.pid]
-        while stack:
-            p = stack.pop()
-            try:
-                tids = os.listdir(f"/proc/{p}/task")
-            except OSError:
-                continue
-            for t in tids:
-                try:
-                    with open(f"/proc/{p}/task/{t}/children") as f:
-                        kids = f.read().split()
-                except OSError:
-                    continue
-                for k in kids:
-                    out.append(int(k))
-                    stack.append(int(k))
-        return out
+        return process_tree(self.pid)
 
     def sample_rss(self) -> int:
         now = time.perf_counter()
@@ -915,13 +901,6 @@ class Server:
                 pass
         self.logf.close()
         return res
-
-
-def tail(path: Path, n: int) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
 
 
 def log_problems(path: Path) -> dict:

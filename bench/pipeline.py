@@ -45,6 +45,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+from procfs import tail  # noqa: E402
 MAILGATE = REPO / ".venv" / "bin" / "mailgate"
 DRAIN_GOAL_S = 5.0
 RATIO_GOAL = 0.40
@@ -243,13 +245,6 @@ def run_mailgate(ys, a, rcpts: int, cmd: str, db: Path) -> dict:
         rec["log_tail"] = tail(Path(a.ywork) / "mailgate.log", 5)
     fresh_db(db)
     return rec
-
-
-def tail(path: Path, n: int) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
 
 
 # -- the table ---------------------------------------------------------------------------------
